@@ -1,0 +1,1 @@
+"""BackTAL in JAX/Flax: background-click supervision for temporal action localization."""

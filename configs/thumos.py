@@ -1,0 +1,46 @@
+"""BackTAL on THUMOS14, with the official experiments/THUMOS14.yaml values.
+
+  python -m backtal_jax.main --config=configs/thumos.py --workdir=/tmp/backtal_thumos
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """The BackTAL network: fields of backtal_jax.models.BackTAL."""
+  model = ml_collections.ConfigDict()
+  model.num_classes = 20  # action classes; the CAS has one more, the background
+  model.feat_dim = 2048  # input width: RGB and flow I3D features, 1024 each
+  model.hidden_dim = 2048  # width of the two affinity convolutions of the base module
+  model.filter_dim = 512  # hidden width of the filter module (foreground weights)
+  model.embed_hidden_dim = 512  # hidden width of the embedding module
+  model.embed_dim = 32  # width of the L2-normalised embedding used by the affinity
+  model.topk_ratio = 0.125  # video score = mean of the top int(T * ratio) CAS values
+  model.dropout_rate = 0.7  # dropout after the second affinity convolution
+  model.affinity = 'official'  # 'official' (bit-for-bit the released code) or 'paper'
+  model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'; parameters stay float32
+  return model
+
+
+def get_loss_config() -> ml_collections.ConfigDict:
+  """Weights and settings of backtal_jax.losses.backtal_loss."""
+  loss = ml_collections.ConfigDict()
+  loss.norm_weight = 1e-4  # weight of the L1 norm of fore_weights (C_LOSS_NORM)
+  loss.click_weight = 1.0  # weight of the click cross-entropy on cas_base
+  loss.separation_weight = 1.0  # weight of the score separation term (C_LOSS_TOPK_BG)
+  loss.affinity_weight = 0.8  # weight of the embedding hinge loss (C_LOSS_EMBEDDING)
+  loss.separation_fg = 'video_score'  # fg score: 'video_score' (THUMOS14) or 'own_topk' (ActivityNet/HACS)
+  loss.separation_topk_ratio = 0.125  # top-k ratio of the 'own_topk' fg score (TOPK_K_R_FOR_LOSS)
+  loss.similar_min = 0.5  # fg-fg and bg-bg cosine similarity must reach this (TH_SIMILAR_MIN)
+  loss.different_max = 0.1  # fg-bg cosine similarity must stay below this (TH_DIFFERENT_MAX)
+  return loss
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """THUMOS14 config; `arg` selects a variant (none yet)."""
+  if arg:
+    raise ValueError(f'configs/thumos.py: unknown variant {arg!r}')
+  config = ml_collections.ConfigDict()
+  config.model = get_model_config()
+  config.loss = get_loss_config()
+  return config
