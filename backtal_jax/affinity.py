@@ -1,0 +1,141 @@
+"""The frame-specific affinity convolution of BackTAL.
+
+A kernel-3 temporal convolution whose output at frame t mixes the three taps x[t-1], x[t], x[t+1]
+with cosine similarities s_k(t) of the embedding at t and at t+k-1 (k = 0, 1, 2; similarity with
+the zero padding beyond either end is 0). Two semantics:
+
+- 'paper': tap k is weighted by its own similarity:
+    out[t] = sum_k s_k(t) * (x[t+k-1] @ W[k]).
+- 'official': what the released AttentionConv1d computes. It unfolds the input channel-major
+  (entry i = 3c + k) but lays the similarity tile out tap-major, so entry i is scaled by
+  s_{floor(i / C)}(t): input channel c, tap k belongs to group g(c, k) = floor((3c + k) / C), and
+    out[t] = sum_g s_g(t) * sum_{(c, k) in group g} x[t+k-1, c] * W[k, c].
+  When C is not a multiple of 3 the boundary channel's taps fall into two groups.
+
+Weights use the Flax kernel layout W[k, c_in, c_out] (PyTorch's Conv1d weight is [c_out, c_in, k]).
+The fast formulations are written for one video ([T, C]) and vmapped over the batch; neither builds
+the [T, 3C] unfolded input. The naive ones mirror the definitions literally, for tests and
+benchmarks only.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SEMANTICS = ('official', 'paper')
+KERNEL_SIZE = 3
+
+
+def neighbour_similarity(embedding_TxE: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """Cosine similarity of each frame's embedding with frames t-1, t, t+1: [T, 3].
+
+  Norms are clamped at `eps` separately, as torch.nn.CosineSimilarity does; the zero padding
+  beyond either end has similarity 0.
+  """
+  norm_T = jnp.maximum(jnp.linalg.norm(embedding_TxE, axis=-1), eps)
+  unit_TxE = embedding_TxE / norm_T[:, None]
+  next_T = jnp.sum(unit_TxE[:-1] * unit_TxE[1:], axis=-1)
+  zero_1 = jnp.zeros((1,), embedding_TxE.dtype)
+  previous_T = jnp.concatenate([zero_1, next_T])
+  following_T = jnp.concatenate([next_T, zero_1])
+  itself_T = jnp.sum(unit_TxE * unit_TxE, axis=-1)
+  return jnp.stack([previous_T, itself_T, following_T], axis=-1)
+
+
+def _shift(y_TxO: jax.Array, offset: int) -> jax.Array:
+  """y[t + offset] with zeros outside [0, T): the tap at `offset` of a kernel-3 conv."""
+  if offset == 0:
+    return y_TxO
+  pad = [(max(-offset, 0), max(offset, 0))] + [(0, 0)] * (y_TxO.ndim - 1)
+  padded = jnp.pad(y_TxO, pad)
+  start = max(offset, 0)
+  return jax.lax.slice_in_dim(padded, start, start + y_TxO.shape[0], axis=0)
+
+
+def _paper_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
+  """One [T, C] x [C, 3O] product, then the similarity-weighted sum of the shifted taps."""
+  c_out = kernel_KxCxO.shape[-1]
+  kernel_Cx3O = jnp.transpose(kernel_KxCxO, (1, 0, 2)).reshape(kernel_KxCxO.shape[1], -1)
+  taps_TxKxO = jnp.dot(x_TxC, kernel_Cx3O, precision=precision).reshape(-1, KERNEL_SIZE, c_out)
+  out_TxO = 0
+  for k in range(KERNEL_SIZE):
+    out_TxO = out_TxO + similarity_Tx3[:, k:k + 1] * _shift(taps_TxKxO[:, k], k - 1)
+  return out_TxO
+
+
+def official_groups(channels: int) -> list[tuple[int, int, np.ndarray]]:
+  """For each similarity group g: (first channel, end channel, tap mask [3, end - first]).
+
+  Group g holds the (channel c, tap k) pairs with floor((3c + k) / C) == g; its channels form a
+  contiguous range, and ranges of neighbouring groups share at most the boundary channel.
+  """
+  c_K = np.arange(channels)[:, None] * KERNEL_SIZE + np.arange(KERNEL_SIZE)[None, :]
+  group_CxK = c_K // channels
+  groups = []
+  for g in range(KERNEL_SIZE):
+    rows = np.nonzero((group_CxK == g).any(axis=1))[0]
+    first, end = int(rows[0]), int(rows[-1]) + 1
+    groups.append((first, end, (group_CxK[first:end] == g).T))
+  return groups
+
+
+def _official_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
+  """Per group: one product over the group's (tap, channel) slice, scaled by s_g at the output."""
+  out_TxO = 0
+  for g, (first, end, mask_KxG) in enumerate(official_groups(x_TxC.shape[-1])):
+    x_TxG = x_TxC[:, first:end]
+    taps_TxKG = jnp.concatenate([_shift(x_TxG, k - 1) for k in range(KERNEL_SIZE)], axis=-1)
+    kernel_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
+    kernel_KGxO = kernel_KxGxO.reshape(-1, kernel_KxCxO.shape[-1])
+    out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * jnp.dot(taps_TxKG, kernel_KGxO, precision=precision)
+  return out_TxO
+
+
+_ONE_VIDEO = {'official': _official_one_video, 'paper': _paper_one_video}
+
+
+def check_semantics(semantics: str) -> None:
+  if semantics not in SEMANTICS:
+    raise ValueError(f'affinity semantics must be one of {SEMANTICS}, got {semantics!r}')
+
+
+@functools.partial(jax.jit, static_argnames=('semantics', 'precision'))
+def affinity_conv(x_BxTxC: jax.Array, similarity_BxTx3: jax.Array, kernel_KxCxO: jax.Array, *,
+                  semantics: str = 'official', precision=None) -> jax.Array:
+  """The affinity convolution of a batch: [B, T, C] -> [B, T, O]."""
+  check_semantics(semantics)
+  one_video = functools.partial(_ONE_VIDEO[semantics], precision=precision)
+  return jax.vmap(one_video, in_axes=(0, 0, None))(x_BxTxC, similarity_BxTx3, kernel_KxCxO)
+
+
+def naive_official(x_BxTxC, similarity_BxTx3, kernel_KxCxO):
+  """AttentionConv1d step by step: unfold (channel-major), tile (tap-major), multiply, matmul."""
+  batch, length, channels = x_BxTxC.shape
+  x_BxCxT = jnp.transpose(x_BxTxC, (0, 2, 1))
+  padded = jnp.pad(x_BxCxT, ((0, 0), (0, 0), (1, 1)))
+  unfolded_BxCxKxT = jnp.stack([padded[:, :, k:k + length] for k in range(KERNEL_SIZE)], axis=2)
+  unfolded_Bx3CxT = unfolded_BxCxKxT.reshape(batch, channels * KERNEL_SIZE, length)
+  similarity_Bx3xT = jnp.transpose(similarity_BxTx3, (0, 2, 1))
+  tile_Bx3CxT = jnp.repeat(similarity_Bx3xT, channels, axis=1)
+  weighted_Bx3CxT = unfolded_Bx3CxT * tile_Bx3CxT
+  weight_Ox3C = jnp.transpose(kernel_KxCxO, (2, 1, 0)).reshape(kernel_KxCxO.shape[-1], -1)
+  out_BxOxT = jnp.einsum('oi,bit->bot', weight_Ox3C, weighted_Bx3CxT,
+                         precision=jax.lax.Precision.HIGHEST)
+  return jnp.transpose(out_BxOxT, (0, 2, 1))
+
+
+def naive_paper(x_BxTxC, similarity_BxTx3, kernel_KxCxO):
+  """The paper's definition, one tap at a time: sum_k s_k(t) * W[k]^T x[t+k-1]."""
+  length = x_BxTxC.shape[1]
+  padded = jnp.pad(x_BxTxC, ((0, 0), (1, 1), (0, 0)))
+  out = 0
+  for k in range(KERNEL_SIZE):
+    neighbour_BxTxC = padded[:, k:k + length]
+    out = out + similarity_BxTx3[..., k:k + 1] * jnp.einsum(
+        'btc,co->bto', neighbour_BxTxC, kernel_KxCxO[k], precision=jax.lax.Precision.HIGHEST)
+  return out
+
+
+NAIVE = {'official': naive_official, 'paper': naive_paper}

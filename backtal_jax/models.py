@@ -1,0 +1,182 @@
+"""The BackTAL network in Flax linen, channels-last ([B, T, F] in, [B, T, C+1] CAS out).
+
+Parameter names follow the official PyTorch modules (filter_module/conv_1, base_module/conv_2, ...)
+so that official checkpoints map onto them one to one (see checkpoint.params_from_torch).
+Initialisers reproduce PyTorch's Conv1d defaults, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
+and biases, since the official recipe (Adam at 1e-4 without a schedule) was tuned for that scale.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from backtal_jax import affinity
+
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in: int):
+  """PyTorch's Conv1d bias initialiser, which depends on the layer's fan-in."""
+  bound = 1.0 / fan_in**0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+@flax.struct.dataclass
+class BackTALOutputs:
+  """What BackTAL computes; readable by attribute or by key (outputs['cas_base'])."""
+  score_base: jax.Array  # [B, C+1] top-k mean of cas_base, before softmax
+  score_supp: jax.Array  # [B, C+1] top-k mean of cas_supp, before softmax
+  cas_base: jax.Array  # [B, T, C+1] CAS of the plain pass
+  cas_supp: jax.Array  # [B, T, C+1] CAS of the background-suppressed pass
+  embedding: jax.Array  # [B, T, E] L2-normalised embedding
+  fore_weights: jax.Array  # [B, T, 1] filter-module foreground weights
+  feature_supp_1: jax.Array  # [B, T, hidden] first affinity conv of the suppressed pass
+
+  def __getitem__(self, key: str) -> jax.Array:
+    return getattr(self, key)
+
+
+def pointwise(features: int, fan_in: int, name: str, use_bias: bool = True, **kwargs) -> nn.Dense:
+  """A kernel-1 Conv1d, i.e. a Dense over channels."""
+  return nn.Dense(features, use_bias=use_bias, kernel_init=torch_kernel_init,
+                  bias_init=torch_bias_init(fan_in), name=name, **kwargs)
+
+
+class FilterModule(nn.Module):
+  """Foreground weights in (0, 1) per frame: [B, T, F] -> [B, T, 1]."""
+  filter_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxF):
+    hidden = pointwise(self.filter_dim, x_BxTxF.shape[-1], 'conv_1', dtype=self.dtype)(x_BxTxF)
+    logit = pointwise(1, self.filter_dim, 'conv_2', dtype=self.dtype)(nn.leaky_relu(hidden))
+    return nn.sigmoid(logit)
+
+
+class EmbeddingModule(nn.Module):
+  """The L2-normalised embedding whose neighbour similarities drive the affinity convolution."""
+  embed_hidden_dim: int
+  embed_dim: int
+  dtype: Any
+
+  def conv3(self, features: int, fan_in: int, name: str) -> nn.Conv:
+    return nn.Conv(features, kernel_size=(3,), padding=((1, 1),), kernel_init=torch_kernel_init,
+                   bias_init=torch_bias_init(3 * fan_in), dtype=self.dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x_BxTxF):
+    hidden = self.conv3(self.embed_hidden_dim, x_BxTxF.shape[-1], 'conv_1')(x_BxTxF)
+    out = self.conv3(self.embed_dim, self.embed_hidden_dim, 'conv_2')(nn.leaky_relu(hidden))
+    norm = jnp.linalg.norm(out, axis=-1, keepdims=True)
+    return out / jnp.maximum(norm, 1e-12)
+
+
+class AffinityConv(nn.Module):
+  """Kernel-3, bias-free convolution whose taps are weighted by embedding similarities."""
+  features: int
+  semantics: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxC, similarity_BxTx3):
+    kernel = self.param('kernel', torch_kernel_init, (affinity.KERNEL_SIZE, x_BxTxC.shape[-1],
+                                                      self.features))
+    x_BxTxC, similarity_BxTx3, kernel = nn.dtypes.promote_dtype(
+        x_BxTxC, similarity_BxTx3, kernel, dtype=self.dtype)
+    return affinity.affinity_conv(x_BxTxC, similarity_BxTx3, kernel, semantics=self.semantics)
+
+
+class BaseModule(nn.Module):
+  """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes."""
+  hidden_dim: int
+  dropout_rate: float
+  semantics: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxF, similarity_BxTx3, deterministic: bool):
+    conv = functools.partial(AffinityConv, self.hidden_dim, self.semantics, self.dtype)
+    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BxTxF, similarity_BxTx3))
+    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BxTx3))
+    return feature_1, nn.Dropout(self.dropout_rate)(feature_2, deterministic=deterministic)
+
+
+class ClassifierModule(nn.Module):
+  """Bias-free kernel-1 convolution to C actions plus the background class."""
+  num_outputs: int
+  hidden_dim: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, feature_BxTxH):
+    return pointwise(self.num_outputs, self.hidden_dim, 'conv', use_bias=False,
+                     dtype=self.dtype)(feature_BxTxH)
+
+
+def topk_mean_over_time(cas_BxTxC: jax.Array, k: int) -> jax.Array:
+  """Video-level score: mean of the k largest CAS values of each class over time."""
+  top_BxCxk, _ = jax.lax.top_k(jnp.swapaxes(cas_BxTxC, 1, 2), k)
+  return jnp.mean(top_BxCxk, axis=-1)
+
+
+def num_topk(length: int, ratio: float) -> int:
+  """k = int(T * ratio), as the official code; at least 1 so short inputs still work."""
+  return max(int(length * ratio), 1)
+
+
+class BackTAL(nn.Module):
+  """BackTAL: a filter module, an embedding, a shared base module applied to x and to the
+  foreground-weighted x, and a classifier producing the CAS of C actions plus background."""
+  num_classes: int
+  feat_dim: int = 2048
+  hidden_dim: int = 2048
+  filter_dim: int = 512
+  embed_hidden_dim: int = 512
+  embed_dim: int = 32
+  topk_ratio: float = 0.125
+  dropout_rate: float = 0.7
+  affinity: str = 'official'
+  dtype: Any = 'float32'
+
+  def setup(self):
+    affinity.check_semantics(self.affinity)
+    compute_dtype = jnp.dtype(self.dtype)
+    self.filter_module = FilterModule(self.filter_dim, compute_dtype)
+    self.embedding_module = EmbeddingModule(self.embed_hidden_dim, self.embed_dim, compute_dtype)
+    self.base_module = BaseModule(self.hidden_dim, self.dropout_rate, self.affinity, compute_dtype)
+    self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, compute_dtype)
+
+  def __call__(self, features_BxTxF: jax.Array, deterministic: bool = True) -> BackTALOutputs:
+    if features_BxTxF.shape[-1] != self.feat_dim:
+      raise ValueError(f'BackTAL expects {self.feat_dim} feature channels (model.feat_dim), '
+                       f'got input of shape {features_BxTxF.shape}')
+    x_BxTxF = features_BxTxF.astype(jnp.dtype(self.dtype))
+    fore_weights_BxTx1 = self.filter_module(x_BxTxF)
+    embedding_BxTxE = self.embedding_module(x_BxTxF)
+    similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)
+
+    _, feature_base_2 = self.base_module(x_BxTxF, similarity_BxTx3, deterministic)
+    cas_base = self.classifier_module(feature_base_2)
+    feature_supp_1, feature_supp_2 = self.base_module(
+        x_BxTxF * fore_weights_BxTx1, similarity_BxTx3, deterministic)
+    cas_supp = self.classifier_module(feature_supp_2)
+
+    k = num_topk(features_BxTxF.shape[1], self.topk_ratio)
+    return BackTALOutputs(
+        score_base=topk_mean_over_time(cas_base, k),
+        score_supp=topk_mean_over_time(cas_supp, k),
+        cas_base=cas_base,
+        cas_supp=cas_supp,
+        embedding=embedding_BxTxE,
+        fore_weights=fore_weights_BxTx1,
+        feature_supp_1=feature_supp_1,
+    )
