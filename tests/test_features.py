@@ -74,7 +74,8 @@ BAD_TRAINING_FILES = {
     'wrong_width_spa': (_set('feat_spa', lambda x: x[:-1]), 'feat_spa', 'expected'),
     'wrong_width_tem': (_set('feat_tem', lambda x: np.concatenate([x, x])), 'feat_tem', 'expected'),
     'feature_not_2d': (_set('feat_spa', lambda x: x[None]), 'feat_spa', '2-D'),
-    'wrong_length': (_set('feat_tem', lambda x: x[:, :-1]), 'feat_tem', 'shape (4, 5), expected (4, 6)'),
+    'wrong_length': (_set('feat_tem', lambda x: x[:, :-1]), 'feat_tem',
+                     'shape (4, 5), expected (4, 6)'),
     'point_label_length': (_set('point_label', lambda x: x[:-1]), 'point_label', 'length 5'),
     'point_label_range': (_set('point_label', lambda x: x + 7), 'point_label', 'values'),
     'point_label_fraction': (_set('point_label', lambda x: x + 0.5), 'point_label', 'values'),
@@ -114,7 +115,8 @@ def test_missing_or_bad_test_metadata(tmp_path, key):
   with pytest.raises(features.FeatureFileError, match=f"missing.npz: key '{key}': missing"):
     features.read_video(path, require_metadata=True, **READ_ARGS)
   path = _write(tmp_path, {**arrays, key: np.array([1.0, np.inf])}, 'vector.npz')
-  with pytest.raises(features.FeatureFileError, match=f"vector.npz: key '{key}': expected a scalar"):
+  with pytest.raises(features.FeatureFileError,
+                     match=f"vector.npz: key '{key}': expected a scalar"):
     features.read_video(path, require_metadata=True, **READ_ARGS)
 
 

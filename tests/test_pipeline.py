@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import npz_files
+from configs import activitynet12
+from configs import hacs
+from configs import thumos
 from backtal_jax import sharding
 from backtal_jax.data import features
 from backtal_jax.data import pipeline
@@ -198,3 +201,19 @@ def test_missing_features_root_says_where_features_go(tmp_path):
     pipeline.open_source(_data_config(tmp_path, features_root=''), 'val', num_classes=3, train=True)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     pipeline.open_source(_data_config(tmp_path), 'val', num_classes=3, train=True)
+
+
+@pytest.mark.parametrize('module,dataset,splits,num_segments', [
+    (thumos, 'thumos14', ('val', 'test'), 750),
+    (activitynet12, 'activitynet12', ('training', 'validation'), 100),
+    (hacs, 'hacs', ('training', 'validation'), 200)])
+def test_data_configs(module, dataset, splits, num_segments):
+  config = module.get_config()
+  assert config.data.dataset == dataset
+  assert (config.data.train_split, config.data.test_split) == splits
+  assert config.data.num_segments == num_segments and config.data.feature_dim == 2048
+  assert config.data.tfds_name == f'backtal_features/{dataset}'
+  config.data.features_root = '/data'  # a placeholder takes a string from the command line
+  with pytest.raises(ValueError, match="'npz' or 'tfds'"):
+    pipeline.open_source(ml_collections.ConfigDict(dict(config.data, source='csv')), 'val',
+                         num_classes=config.model.num_classes, train=True)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import npz_files
+from configs import thumos
 from backtal_jax.data import pipeline
 from backtal_jax.data import tfds_builder
 
@@ -55,8 +56,8 @@ def test_reads_back_identical_examples_without_tensorflow(built, split, train):
 
 def test_data_source_by_name_gives_the_same_batches(built):
   root, builder = built
-  data_source = tfds_builder.tfds.data_source(
-      'backtal_features/small', split='val', data_dir=builder.data_dir.split('backtal_features')[0])
+  data_dir = str(builder.data_path.parent.parent.parent)
+  data_source = tfds_builder.data_source('backtal_features/small', 'val', data_dir=data_dir)
   loaders = [pipeline.TrainLoader(source, global_batch_size=4, spec=SPEC, seed=3, prefetch=0)
              for source in (pipeline.TfdsSource(data_source), _npz_source(root, 'val', True))]
   for _ in range(4):
@@ -73,3 +74,15 @@ def test_configs_match_the_official_datasets():
   assert (configs['activitynet12'].num_segments, configs['activitynet12'].num_classes) == (100, 100)
   assert (configs['hacs'].num_segments, configs['hacs'].num_classes) == (200, 200)
   assert configs['hacs'].train_split == 'training' and configs['hacs'].feature_dim == 2048
+
+
+def test_tfds_source_from_config(built):
+  root, builder = built
+  config = thumos.get_data_config()
+  config.source = 'tfds'
+  config.tfds_name = 'backtal_features/small'
+  config.tfds_data_dir = str(builder.data_path.parent.parent.parent)
+  source = pipeline.open_source(config, 'test', num_classes=SPEC.num_classes, train=False)
+  assert [source[i]['vid_name'] for i in range(len(source))] == [
+      'video_1000', 'video_1001', 'video_1002']
+  assert source[2]['frame_num'] == 180

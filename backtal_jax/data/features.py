@@ -72,7 +72,8 @@ def _as_numeric(path, key: str, value: np.ndarray) -> np.ndarray:
   if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
     raise FeatureFileError(path, key, f'expected numbers, got dtype {value.dtype}')
   if not np.all(np.isfinite(value)):
-    raise FeatureFileError(path, key, f'{np.size(value) - np.isfinite(value).sum()} non-finite values')
+    num_bad = np.size(value) - np.isfinite(value).sum()
+    raise FeatureFileError(path, key, f'{num_bad} non-finite values')
   return value
 
 
@@ -159,7 +160,7 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
     vid_name = _read_key(archive, path, 'vid_name')
     if vid_name.dtype.kind not in 'US' or vid_name.size != 1:
       raise FeatureFileError(
-          path, 'vid_name', f'expected one string, got dtype {vid_name.dtype} shape {vid_name.shape}')
+          path, 'vid_name', f'expected one string, got {vid_name.dtype} of shape {vid_name.shape}')
     click_labels = None
     if require_clicks or 'point_label' in archive.files:
       click_labels = _click_labels(

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from backtal_jax.data import features
+from backtal_jax.data import tfds_builder
 
 
 class Source(Protocol):
@@ -91,10 +92,8 @@ def open_source(data_config: ml_collections.ConfigDict, split: str, *, num_class
         feature_dim=data_config.feature_dim, num_segments=data_config.num_segments,
         require_clicks=train, require_metadata=not train)
   if data_config.source == 'tfds':
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (only this path needs it)
-    from backtal_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top,unused-import  (registers the builder)
-    return TfdsSource(tfds.data_source(
-        data_config.tfds_name, split=split, data_dir=data_config.tfds_data_dir or None))
+    return TfdsSource(tfds_builder.data_source(
+        data_config.tfds_name, split, data_dir=data_config.tfds_data_dir))
   raise ValueError(f"config.data.source must be 'npz' or 'tfds', got {data_config.source!r}")
 
 
@@ -303,7 +302,7 @@ class TrainLoader:
 def eval_batches(source: Source, *, global_batch_size: int, spec: BatchSpec, prefetch: int = 2,
                  process_index: int = 0, process_count: int = 1
                  ) -> Iterator[tuple[dict[str, np.ndarray], list[VideoMetadata | None]]]:
-  """Every video once, in dataset order, as (batch, metadata) with the same batch layout as training.
+  """Every video once, in dataset order, as (batch, metadata); batches laid out as in training.
 
   `metadata[row]` is the VideoMetadata of the batch's row on this process, None on padding.
   """

@@ -111,6 +111,11 @@ class BacktalFeatures(tfds.core.GeneratorBasedBuilder):
       yield index, features.to_example(record)
 
 
+def data_source(name: str, split: str, data_dir: str | None = None):
+  """Random access to a built split, through ArrayRecord: no TensorFlow involved."""
+  return tfds.data_source(name, split=split, data_dir=data_dir)
+
+
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """Builds (or finds already built) one config of the dataset."""
   builder = BacktalFeatures(config=config_name, data_dir=data_dir,
