@@ -18,4 +18,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.loss.separation_weight = 0.1  # C_LOSS_TOPK_BG
   config.loss.separation_fg = 'own_topk'  # fg score is its own top-k mean of cas_base
   config.loss.separation_topk_ratio = 0.2  # TOPK_K_R_FOR_LOSS
+  config.data.dataset = 'activitynet12'  # dataset name, for logs
+  config.data.train_split = 'training'  # DATASET.TRAIN_SPLIT
+  config.data.test_split = 'validation'  # DATASET.VAL_SPLIT
+  config.data.num_segments = 100  # DATASET.NUM_SEGMENTS
+  config.data.tfds_name = 'backtal_features/activitynet12'  # TFDS dataset/config
   return config

@@ -36,6 +36,23 @@ def get_loss_config() -> ml_collections.ConfigDict:
   return loss
 
 
+def get_data_config() -> ml_collections.ConfigDict:
+  """Where the features are and how batches are drawn: backtal_jax.data.pipeline."""
+  data = ml_collections.ConfigDict()
+  data.dataset = 'thumos14'  # dataset name, for logs
+  data.source = 'npz'  # 'npz': the official per-video files; 'tfds': the ArrayRecord dataset
+  data.features_root = ml_collections.config_dict.placeholder(str)  # dir of <split>/*.npz files
+  data.train_split = 'val'  # official training split (DATASET.TRAIN_SPLIT)
+  data.test_split = 'test'  # official test split (DATASET.VAL_SPLIT)
+  data.num_segments = 750  # T, snippets per video (DATASET.NUM_SEGMENTS)
+  data.feature_dim = 2048  # F, RGB and flow I3D features, 1024 each (NETWORK.FEAT_DIM)
+  data.tfds_name = 'backtal_features/thumos14'  # TFDS dataset/config (tfds source)
+  data.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # unset: TFDS's default dir
+  data.shuffle_seed = 0  # per-epoch order = permutation seeded by (shuffle_seed, epoch)
+  data.prefetch = 2  # host batches read ahead by a background thread (0: none)
+  return data
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """THUMOS14 config; `arg` selects a variant (none yet)."""
   if arg:
@@ -43,4 +60,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.model = get_model_config()
   config.loss = get_loss_config()
+  config.data = get_data_config()
   return config

@@ -1,0 +1,205 @@
+"""Reader for the official BackTAL feature files: one .npz per video.
+
+Each file holds `feat_spa` and `feat_tem` (RGB and flow I3D features, stored channels-first
+[F/2, T]), `cls_label` (multi-hot [C]), `vid_name`, and for training `point_label` (length T: -100
+for unlabelled snippets, a class index for action clicks, C for background clicks), for testing
+`frame_num`, `fps` and `duration`. A bad file fails with one `FeatureFileError` that names the file
+and the key, so that a broken 38k-file HACS export is fixed in one look rather than debugged from a
+shape error deep inside the model.
+"""
+
+import dataclasses
+import pathlib
+import zipfile
+import zlib
+
+import numpy as np
+
+IGNORE_LABEL = -100  # click label of snippets without a click, as in the official files
+METADATA_MISSING = -1  # frame_num, fps and duration of videos whose file does not store them
+
+
+class FeatureFileError(ValueError):
+  """A feature file that is missing, unreadable or inconsistent."""
+
+  def __init__(self, path, key: str, problem: str):
+    super().__init__(f'{path}: key {key!r}: {problem}')
+    self.path = path
+    self.key = key
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRecord:
+  """One video's features and labels, channels-last, validated.
+
+  `click_labels_T` is None when the file has no `point_label`; `frame_num`, `fps` and `duration`
+  are None when the file does not store them (the official training files do not).
+  """
+
+  vid_name: str
+  features_TxF: np.ndarray  # float32, [spa, tem] concatenated along channels
+  video_labels_C: np.ndarray  # float32 multi-hot
+  click_labels_T: np.ndarray | None  # int32: IGNORE_LABEL, a class index, or C for background
+  frame_num: int | None
+  fps: float | None
+  duration: float | None
+
+
+def list_split(features_root, split: str) -> list[pathlib.Path]:
+  """The split's .npz files, sorted by file name as the official loader orders them."""
+  split_dir = pathlib.Path(features_root) / split
+  if not split_dir.is_dir():
+    raise FileNotFoundError(
+        f'Feature directory {split_dir} does not exist: expected one .npz per video in '
+        f'<features_root>/<split>/ (features_root={features_root!s}, split={split!r}).')
+  files = sorted(p for p in split_dir.iterdir() if p.name.endswith('.npz'))
+  if not files:
+    raise FileNotFoundError(f'Feature directory {split_dir} holds no .npz files.')
+  return files
+
+
+def _read_key(archive, path, key: str) -> np.ndarray:
+  """Reads one array, turning every archive-level failure into a FeatureFileError."""
+  if key not in archive.files:
+    raise FeatureFileError(path, key, f'missing (the file has {sorted(archive.files)})')
+  try:
+    return archive[key]
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise FeatureFileError(path, key, f'unreadable, truncated or corrupt ({e})') from e
+
+
+def _as_numeric(path, key: str, value: np.ndarray) -> np.ndarray:
+  if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+    raise FeatureFileError(path, key, f'expected numbers, got dtype {value.dtype}')
+  if not np.all(np.isfinite(value)):
+    num_bad = np.size(value) - np.isfinite(value).sum()
+    raise FeatureFileError(path, key, f'{num_bad} non-finite values')
+  return value
+
+
+def _channels_last(path, key: str, value: np.ndarray, half_width: int,
+                   num_segments: int | None) -> np.ndarray:
+  """[half_width, T] (official) or [T, half_width] -> [T, half_width], decided by the shapes.
+
+  With num_segments unknown, an array with half_width rows is read channels-first, as the official
+  files store them.
+  """
+  if value.ndim != 2:
+    raise FeatureFileError(path, key, f'expected a 2-D array, got shape {value.shape}')
+  if num_segments is None:
+    channels_first = value.shape[0] == half_width
+    channels_last = not channels_first and value.shape[1] == half_width
+  else:
+    channels_first = value.shape == (half_width, num_segments)
+    channels_last = not channels_first and value.shape == (num_segments, half_width)
+  if not (channels_first or channels_last):
+    expected = 'T' if num_segments is None else num_segments
+    raise FeatureFileError(
+        path, key, f'shape {value.shape}, expected ({half_width}, {expected}) channels-first or '
+        f'({expected}, {half_width}) channels-last')
+  return value.T if channels_first else value
+
+
+def _scalar(path, key: str, value: np.ndarray) -> np.ndarray:
+  if np.size(value) != 1:
+    raise FeatureFileError(path, key, f'expected a scalar, got shape {value.shape}')
+  return _as_numeric(path, key, value.reshape(()))
+
+
+def _click_labels(path, value: np.ndarray, num_snippets: int, num_classes: int) -> np.ndarray:
+  key = 'point_label'
+  value = _as_numeric(path, key, np.ravel(value))
+  if value.shape[0] != num_snippets:
+    raise FeatureFileError(
+        path, key, f'length {value.shape[0]} does not match the {num_snippets} feature snippets')
+  labels = value.astype(np.int32)
+  valid = (labels == IGNORE_LABEL) | ((labels >= 0) & (labels <= num_classes))
+  if not np.array_equal(labels, value) or not np.all(valid):
+    raise FeatureFileError(
+        path, key, f'values must be {IGNORE_LABEL} or integers in [0, {num_classes}], '
+        f'got {np.unique(value)[:10]}')
+  return labels
+
+
+def read_video(path, *, num_classes: int, feature_dim: int = 2048,
+               num_segments: int | None = None, require_clicks: bool = False,
+               require_metadata: bool = False) -> VideoRecord:
+  """Reads and validates one official feature file.
+
+  Args:
+    path: the .npz file.
+    num_classes: C, the number of action classes (`cls_label` has C entries).
+    feature_dim: F, the width of [spa, tem]; each half is F / 2.
+    num_segments: T if known; it also settles the layout of square arrays.
+    require_clicks: `point_label` must be present (training splits).
+    require_metadata: `frame_num`, `fps` and `duration` must be present (test splits).
+  """
+  if feature_dim % 2:
+    raise ValueError(f'feature_dim must be even (RGB and flow halves), got {feature_dim}')
+  first_key = 'feat_spa'
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise FeatureFileError(path, first_key, f'not a readable .npz archive ({e})') from e
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise FeatureFileError(path, first_key, 'not an .npz archive (a bare .npy array)')
+  with archive:
+    half = feature_dim // 2
+    spa_TxH = _channels_last(path, 'feat_spa', _as_numeric(
+        path, 'feat_spa', _read_key(archive, path, 'feat_spa')), half, num_segments)
+    tem_TxH = _channels_last(path, 'feat_tem', _as_numeric(
+        path, 'feat_tem', _read_key(archive, path, 'feat_tem')), half, num_segments)
+    if tem_TxH.shape[0] != spa_TxH.shape[0]:
+      raise FeatureFileError(
+          path, 'feat_tem', f'{tem_TxH.shape[0]} snippets but feat_spa has {spa_TxH.shape[0]}')
+    num_snippets = spa_TxH.shape[0]
+    video_labels = _as_numeric(path, 'cls_label', _read_key(archive, path, 'cls_label'))
+    if video_labels.shape != (num_classes,):
+      raise FeatureFileError(
+          path, 'cls_label', f'shape {video_labels.shape}, expected ({num_classes},)')
+    vid_name = _read_key(archive, path, 'vid_name')
+    if vid_name.dtype.kind not in 'US' or vid_name.size != 1:
+      raise FeatureFileError(
+          path, 'vid_name', f'expected one string, got {vid_name.dtype} of shape {vid_name.shape}')
+    click_labels = None
+    if require_clicks or 'point_label' in archive.files:
+      click_labels = _click_labels(
+          path, _read_key(archive, path, 'point_label'), num_snippets, num_classes)
+    metadata = {}
+    for key in ('frame_num', 'fps', 'duration'):
+      if require_metadata or key in archive.files:
+        metadata[key] = _scalar(path, key, _read_key(archive, path, key))
+  vid_name = vid_name.reshape(()).item()
+  return VideoRecord(
+      vid_name=vid_name.decode() if isinstance(vid_name, bytes) else vid_name,
+      features_TxF=np.concatenate([spa_TxH, tem_TxH], axis=1).astype(np.float32),
+      video_labels_C=video_labels.astype(np.float32),
+      click_labels_T=click_labels,
+      frame_num=int(metadata['frame_num']) if 'frame_num' in metadata else None,
+      fps=float(metadata['fps']) if 'fps' in metadata else None,
+      duration=float(metadata['duration']) if 'duration' in metadata else None,
+  )
+
+
+def to_example(record: VideoRecord) -> dict:
+  """The flat example both sources (npz and TFDS) produce, absent fields filled in.
+
+  Videos without clicks get IGNORE_LABEL everywhere; absent metadata becomes METADATA_MISSING.
+  """
+  num_snippets = record.features_TxF.shape[0]
+  click_labels = record.click_labels_T
+  if click_labels is None:
+    click_labels = np.full((num_snippets,), IGNORE_LABEL, np.int32)
+
+  def or_missing(value):
+    return METADATA_MISSING if value is None else value
+
+  return {
+      'vid_name': record.vid_name,
+      'features': record.features_TxF,
+      'video_labels': record.video_labels_C,
+      'click_labels': click_labels,
+      'frame_num': np.int64(or_missing(record.frame_num)),
+      'fps': np.float64(or_missing(record.fps)),
+      'duration': np.float64(or_missing(record.duration)),
+  }

@@ -1,0 +1,69 @@
+"""The device mesh and the placement of host batches on it.
+
+One 'data' axis over every device: parameters are replicated, batches are split along their first
+axis. Each process hands over only the rows it read, and
+`jax.make_array_from_process_local_data` assembles the global array without any host ever holding
+the whole batch.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices of all processes, with an explicit 'data' axis."""
+  return jax.make_mesh(
+      (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Batches: first axis split over 'data'."""
+  return NamedSharding(mesh, P('data'))
+
+
+def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Parameters and optimiser state: a full copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def check_global_batch_size(global_batch_size: int, num_devices: int | None = None) -> None:
+  """Every device gets the same number of rows, so the global batch must divide evenly."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if global_batch_size <= 0 or global_batch_size % num_devices:
+    raise ValueError(
+        f'The global batch size ({global_batch_size}) must be a positive multiple of the number '
+        f'of devices ({num_devices}): each device takes global_batch_size / num_devices videos. '
+        f'Pick a batch size divisible by {num_devices}.')
+
+
+def process_rows(sharding: NamedSharding, global_batch_size: int) -> slice:
+  """The contiguous rows of a global batch that live on this process's devices.
+
+  The pipeline reads rows [i * B / P, (i + 1) * B / P) on process i; this checks that the mesh
+  agrees, so that a device order which interleaves processes fails loudly instead of mixing rows.
+  """
+  check_global_batch_size(global_batch_size, sharding.mesh.size)
+  index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+  starts = sorted(index[0].indices(global_batch_size)[0] for index in index_map.values())
+  stops = sorted(index[0].indices(global_batch_size)[1] for index in index_map.values())
+  rows = slice(starts[0], stops[-1])
+  per_process = global_batch_size // jax.process_count()
+  expected = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+  if rows != expected or starts[1:] != stops[:-1]:
+    raise ValueError(
+        f'Process {jax.process_index()} owns rows {starts}..{stops} of the global batch, not the '
+        f'contiguous block {expected.start}:{expected.stop} the input pipeline reads; build the '
+        'mesh with sharding.make_mesh().')
+  return rows
+
+
+def to_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict:
+  """This process's rows of a batch -> global jax.Arrays split along their first axis."""
+  local_size = {x.shape[0] for x in local_batch.values()}
+  if len(local_size) != 1:
+    raise ValueError(f'Batch entries disagree on the batch size: {sorted(local_size)}')
+  process_rows(sharding, local_size.pop() * jax.process_count())
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
