@@ -7,6 +7,11 @@
 # Run `launch/tpu_vm.sh --help` for the settings; launch/README.md has worked examples.
 set -euo pipefail
 
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404)); then
+  echo "${0##*/}: needs bash >= 4.4, this is $BASH_VERSION (macOS: brew install bash)" >&2
+  exit 2
+fi
+
 readonly PROG="${0##*/}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
