@@ -1,0 +1,40 @@
+"""Which clicks a run learns from: none, background (BackTAL), action clicks, or both.
+
+The official feature files carry background clicks only; action clicks come from a table of
+per-video point labels simulated from the ground truth (`clicks.simulate_action_clicks`).
+"""
+
+import numpy as np
+
+from backtal_jax.data.features import IGNORE_LABEL
+
+SUPERVISIONS = ('none', 'background', 'action', 'both')
+
+
+def check_supervision(supervision: str) -> None:
+  if supervision not in SUPERVISIONS:
+    raise ValueError(f'config.train.supervision must be one of {SUPERVISIONS}, got {supervision!r}')
+
+
+def needs_action_clicks(supervision: str) -> bool:
+  return supervision in ('action', 'both')
+
+
+def supervised_clicks(click_labels_BxT: np.ndarray, action_clicks_BxT: np.ndarray | None,
+                      num_classes: int, supervision: str) -> np.ndarray:
+  """The click labels a run trains on: -100, C (background) or an action class per snippet.
+
+  With 'both', an action click wins where both kinds fall on one snippet.
+  """
+  check_supervision(supervision)
+  background_BxT = np.where(click_labels_BxT == num_classes, num_classes, IGNORE_LABEL)
+  if supervision == 'none':
+    return np.full_like(click_labels_BxT, IGNORE_LABEL)
+  if supervision == 'background':
+    return background_BxT.astype(click_labels_BxT.dtype)
+  if action_clicks_BxT is None:
+    raise ValueError(f'supervision {supervision!r} needs action clicks')
+  if supervision == 'action':
+    return action_clicks_BxT.astype(click_labels_BxT.dtype)
+  both = np.where(action_clicks_BxT != IGNORE_LABEL, action_clicks_BxT, background_BxT)
+  return both.astype(click_labels_BxT.dtype)
