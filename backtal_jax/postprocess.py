@@ -103,19 +103,17 @@ def contrast_scores(values_RxL: np.ndarray, rows: np.ndarray, firsts: np.ndarray
   length = values_RxL.shape[1]
   prefix_RxL1 = np.zeros((values_RxL.shape[0], length + 1), np.float64)
   np.cumsum(values_RxL, axis=1, dtype=np.float64, out=prefix_RxL1[:, 1:])
-  row_prefix = prefix_RxL1[rows]
-
-  def window_sum(begin, end):
-    return (np.take_along_axis(row_prefix, end[:, None], axis=1)[:, 0]
-            - np.take_along_axis(row_prefix, begin[:, None], axis=1)[:, 0])
-
+  prefix = prefix_RxL1.ravel()
+  row_offset = rows * (length + 1)
   size = lasts - firsts + 1
-  inner = (window_sum(firsts, lasts + 1) / size).astype(np.float32)
   outer_begin = np.maximum(np.trunc(firsts - outer_lambda * size), 0).astype(np.int64)
   outer_end = np.minimum(np.trunc(lasts + outer_lambda * size), length).astype(np.int64)
   outer_end = np.maximum(outer_end, lasts + 1)
+  # Prefix sums at, per run: outer begin, first, last + 1, outer end.
+  at_4xN = prefix[row_offset + np.stack([outer_begin, firsts, lasts + 1, outer_end])]
+  inner = ((at_4xN[2] - at_4xN[1]) / size).astype(np.float32)
   outer_count = (firsts - outer_begin) + (outer_end - lasts - 1)
-  outer_sum = window_sum(outer_begin, firsts) + window_sum(lasts + 1, outer_end)
+  outer_sum = (at_4xN[1] - at_4xN[0]) + (at_4xN[3] - at_4xN[2])
   outer = np.where(outer_count > 0, outer_sum / np.maximum(outer_count, 1), 0)
   return inner - outer.astype(np.float32)
 
@@ -212,17 +210,20 @@ def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH:
   ends = (lasts + 1) / frame_num * duration
   starts, ends = shrink_segments(starts, ends, eval_config.shrink_ratio)
   class_of_proposal = rows // num_rows
+  whole_video_score = (eval_config.whole_video_score if eval_config.whole_video_proposals
+                       else None)
+  nms_thresh = eval_config.nms_thresh
   detections = []
   for k, class_id in enumerate(confident):
     members = np.nonzero(class_of_proposal == k)[0]
     if members.size == 0:
       continue
     class_scores, class_starts, class_ends = scores[members], starts[members], ends[members]
-    if eval_config.whole_video_proposals:
-      class_scores = np.append(class_scores, eval_config.whole_video_score)
-      class_starts = np.append(class_starts, 0.0)
-      class_ends = np.append(class_ends, float(duration))
-    kept = nms_1d(class_scores, class_starts, class_ends, eval_config.nms_thresh)
+    if whole_video_score is not None:
+      class_scores = np.concatenate([class_scores, [whole_video_score]])
+      class_starts = np.concatenate([class_starts, [0.0]])
+      class_ends = np.concatenate([class_ends, [float(duration)]])
+    kept = nms_1d(class_scores, class_starts, class_ends, nms_thresh)
     name = class_names[class_id]
     detections.extend(
         {'label': name, 'segment': [float(class_starts[i]), float(class_ends[i])],
