@@ -92,7 +92,8 @@ def prediction_instances(predictions: Mapping[str, Any], class_names: Sequence[s
         det_label, (det_start, det_end), det_score = det['label'], det['segment'], det['score']
         det_start, det_end, det_score = float(det_start), float(det_end), float(det_score)
       except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f'{name}: video {video_id!r}: malformed prediction {det!r} ({e})') from None
+        raise ValueError(
+            f'{name}: video {video_id!r}: malformed prediction {det!r} ({e})') from None
       if det_label not in known_labels:
         raise ValueError(f'{name}: video {video_id!r}: label {det_label!r} is not a class of '
                          'the ground truth')
@@ -180,7 +181,8 @@ def greedy_match(num_preds: int, num_gts: int, pair_pred, pair_gt, pair_tiou,
     free_TxRxK = passes & ~locked_TxG[:, cand_gt]
     matched_TxR = free_TxRxK.any(axis=2)
     chosen_TxR = cand_gt[np.arange(rows.size)[None], free_TxRxK.argmax(axis=2)]
-    locked_TxG[np.broadcast_to(t_index, chosen_TxR.shape)[matched_TxR], chosen_TxR[matched_TxR]] = True
+    matched_t = np.broadcast_to(t_index, chosen_TxR.shape)[matched_TxR]
+    locked_TxG[matched_t, chosen_TxR[matched_TxR]] = True
     tp_TxP[:, preds[rows]] = matched_TxR
   return tp_TxP
 

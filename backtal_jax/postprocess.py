@@ -85,8 +85,7 @@ def find_runs(mask_RxL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
   return start_rows, starts, stops - 1
 
 
-def drop_lone_first_position(
-    mask_RxL: np.ndarray) -> np.ndarray:
+def drop_lone_first_position(mask_RxL: np.ndarray) -> np.ndarray:
   """Clears rows whose only True is at index 0: the official `if any(position)` skips them."""
   lone_first_R = mask_RxL[:, 0] & (mask_RxL.sum(axis=1) == 1)
   return mask_RxL & ~lone_first_R[:, None]

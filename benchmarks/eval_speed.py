@@ -1,4 +1,4 @@
-"""Seconds for post-processing plus detection mAP over a whole THUMOS14 test / ActivityNet1.2 val set.
+"""Seconds for post-processing plus mAP over all of THUMOS14 test and ActivityNet1.2 validation.
 
   PYTHONPATH=. python benchmarks/eval_speed.py [--repeats=3]
 

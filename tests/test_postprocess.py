@@ -30,7 +30,8 @@ def test_same_detections_as_official_code(name, config_module, gt_name):
   inputs, expected, videos = load_fixture(name)
   for video in videos:
     detections = postprocess.detect_video(
-        inputs[f'{video}/cas'].T, inputs[f'{video}/score'], inputs[f'{video}/feature1_norm'][:, None],
+        inputs[f'{video}/cas'].T, inputs[f'{video}/score'],
+        inputs[f'{video}/feature1_norm'][:, None],
         frame_num=int(inputs[f'{video}/frame_num']), duration=float(inputs[f'{video}/duration']),
         class_names=class_names, config=config)
     want = expected.get(video, [])
@@ -65,7 +66,8 @@ def test_find_runs_groups_consecutive_positions():
 
 def test_contrast_score_uses_the_official_outer_margins():
   values = np.array([[0.0, 1.0, 1.0, 0.5, 0.2, 0.0]], np.float32)
-  # Run [1, 2], lambda 1: left margin [max(0, 1 - 2), 1) = {0}, right margin [3, min(6, 2 + 2)) = {3}.
+  # Run [1, 2], lambda 1: left margin [max(0, 1 - 2), 1) = {0},
+  # right margin [3, min(6, 2 + 2)) = {3}.
   score = postprocess.contrast_scores(values, np.array([0]), np.array([1]), np.array([2]), 1.0)
   np.testing.assert_allclose(score, [1.0 - 0.25])
 
