@@ -23,4 +23,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data.test_split = 'validation'  # DATASET.VAL_SPLIT
   config.data.num_segments = 100  # DATASET.NUM_SEGMENTS
   config.data.tfds_name = 'backtal_features/activitynet12'  # TFDS dataset/config
+  config.eval.class_score_thresh = 0.1  # CLS_SCORE_TH
+  config.eval.act_thresh_max = 0.15  # ACT_THRESH_MAX
+  config.eval.outer_lambda = 20.0  # OUTER_LAMBDA
+  config.eval.video_score_gamma = 0.6  # CONF_GAMMA
+  config.eval.nms_thresh = 0.7  # NMS_THRESHOLD
+  config.eval.feature_proposals = False  # no feature-magnitude proposals outside THUMOS14
+  config.eval.shrink_ratio = 0.02  # proposals shrunk by 2% of their length at both ends
+  config.eval.whole_video_proposals = True  # plus one whole-video proposal per class
+  config.eval.subset = 'validation'  # ActivityNet1.2 is scored on its validation subset
+  config.eval.tiou_thresholds = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)  # IOU_TH
   return config

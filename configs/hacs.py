@@ -24,4 +24,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data.test_split = 'validation'  # DATASET.VAL_SPLIT
   config.data.num_segments = 200  # DATASET.NUM_SEGMENTS
   config.data.tfds_name = 'backtal_features/hacs'  # TFDS dataset/config
+  config.eval.class_score_thresh = 0.075  # CLS_SCORE_TH
+  config.eval.act_thresh_max = 0.2  # ACT_THRESH_MAX
+  config.eval.outer_lambda = 200.0  # OUTER_LAMBDA
+  config.eval.nms_thresh = 0.71  # NMS_THRESHOLD
   return config

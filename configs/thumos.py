@@ -51,6 +51,27 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.shuffle_seed = 0  # per-epoch order = permutation seeded by (shuffle_seed, epoch)
   data.prefetch = 2  # host batches read ahead by a background thread (0: none)
   return data
+def get_eval_config() -> ml_collections.ConfigDict:
+  """Post-processing and mAP settings (TEST section of experiments/THUMOS14.yaml)."""
+  ev = ml_collections.ConfigDict()
+  ev.class_score_thresh = 0.25  # localise classes whose video score reaches this (CLS_SCORE_TH)
+  ev.act_thresh_min = 0.0  # CAS thresholds are np.arange(min, max, step) (ACT_THRESH_MIN)
+  ev.act_thresh_max = 0.25  # exclusive upper end of the CAS thresholds (ACT_THRESH_MAX)
+  ev.act_thresh_step = 0.025  # step of the CAS thresholds (ACT_THRESH_STEP)
+  ev.outer_lambda = 0.25  # outer margin per side, in proposal lengths (OUTER_LAMBDA)
+  ev.video_score_gamma = 0.2  # weight of the video score added to the contrast score (CONF_GAMMA)
+  ev.nms_thresh = 0.55  # NMS drops proposals overlapping a better one this much
+  ev.feature_proposals = True  # also threshold feature_supp_1 norms (THUMOS14)
+  ev.feature_thresh_min = 0.3  # feature-magnitude thresholds are np.arange(min, max, step)
+  ev.feature_thresh_max = 0.8  # exclusive upper end of the feature-magnitude thresholds
+  ev.feature_thresh_step = 0.075  # step of the feature-magnitude thresholds
+  ev.shrink_ratio = 0.0  # fraction of its length cut at both ends of a proposal
+  ev.whole_video_proposals = False  # add a [0, duration] proposal per class (ActivityNet/HACS)
+  ev.whole_video_score = 0.6  # score of that whole-video proposal
+  ev.keep_lone_first_position = False  # True: keep a proposal made of index 0 alone (quirk 4)
+  ev.subset = 'test'  # ground-truth subset scored by detection mAP
+  ev.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # mAP tIoUs (IOU_TH)
+  return ev
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -61,4 +82,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.model = get_model_config()
   config.loss = get_loss_config()
   config.data = get_data_config()
+  config.eval = get_eval_config()
   return config

@@ -1,0 +1,230 @@
+"""Class activation sequences -> action detections, as the official BackTAL code computes them.
+
+All of this runs on the host in numpy, one video at a time, vectorised over the confident
+classes and the thresholds. The official behaviour is reproduced on purpose, including:
+
+* the CAS is stretched from T snippets to `frame_num` positions with OpenCV's INTER_LINEAR
+  resize (half-pixel centres, float32 weights, edge clamping), not with `np.interp`;
+* a threshold whose only position above it is index 0 yields no proposal (the official
+  `if any(position)`), unless `config.eval.keep_lone_first_position` is set;
+* NMS measures a segment in seconds as `end - start + 1`;
+* `fps` plays no part: segments are `index / frame_num * duration`.
+
+Ties in NMS are broken as a stable sort would (the proposal made later ranks first), the same
+rule `backtal_jax.evaluation` uses.
+"""
+
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+
+def minmax_normalize_cas(cas_TxC: np.ndarray) -> np.ndarray:
+  """Per-class min-max normalisation over time, with the minimum and maximum clipped at 0."""
+  cas_TxC = np.asarray(cas_TxC, np.float32)
+  max_C = np.maximum(cas_TxC.max(axis=0), 0)
+  min_C = np.maximum(cas_TxC.min(axis=0), 0)
+  delta_C = max_C - min_C
+  delta_C[delta_C <= 0] = 1
+  return (cas_TxC - min_C) / delta_C
+
+
+def feature_magnitudes(feature_TxH: np.ndarray) -> np.ndarray:
+  """L2 norm of each snippet's feature, min-max normalised over time and clipped to [0, 1]."""
+  feature_TxH = np.asarray(feature_TxH, np.float64)
+  norm_T = np.sqrt(np.einsum('th,th->t', feature_TxH, feature_TxH)).astype(np.float32)
+  max_val = np.maximum(norm_T.max(), np.float32(0))
+  min_val = np.maximum(norm_T.min(), np.float32(0))
+  delta = max_val - min_val
+  if delta <= 0:
+    delta = np.float32(1)
+  return np.clip((norm_T - min_val) / delta, 0, 1)
+
+
+def linear_resize(x_TxK: np.ndarray, length: int) -> np.ndarray:
+  """Stretches x along axis 0 to `length` rows exactly as cv2.resize(INTER_LINEAR) on float32.
+
+  OpenCV samples source position (i + 0.5) * scale - 0.5 (computed in double, stored as float32),
+  clamps it at both ends and blends the two neighbours with float32 weights.
+  """
+  x_TxK = np.asarray(x_TxK, np.float32)
+  num_in = x_TxK.shape[0]
+  if length == num_in:
+    return x_TxK.copy()
+  scale = 1.0 / (length / num_in)
+  pos_L = ((np.arange(length) + 0.5) * scale - 0.5).astype(np.float32)
+  left_L = np.floor(pos_L)
+  frac_L = pos_L - left_L
+  left_L = left_L.astype(np.int64)
+  before_start = left_L < 0
+  past_end = left_L >= num_in - 1
+  frac_L[before_start | past_end] = 0
+  left_L[before_start] = 0
+  left_L[past_end] = num_in - 1
+  right_L = np.minimum(left_L + 1, num_in - 1)
+  weight_left = (np.float32(1) - frac_L)[:, None]
+  weight_right = frac_L[:, None]
+  blended = x_TxK[left_L] * weight_left + x_TxK[right_L] * weight_right
+  return np.where(past_end[:, None], x_TxK[left_L] * weight_left, blended)
+
+
+def threshold_range(start: float, stop: float, step: float) -> np.ndarray:
+  """The official thresholds: np.arange(start, stop, step), float64."""
+  return np.arange(start, stop, step)
+
+
+def find_runs(mask_RxL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Maximal runs of True per row: (row, first, last) index arrays, row-major, in time order."""
+  num_rows, length = mask_RxL.shape
+  padded = np.zeros((num_rows, length + 2), np.int8)
+  padded[:, 1:-1] = mask_RxL
+  edges = np.diff(padded, axis=1)
+  start_rows, starts = np.nonzero(edges == 1)
+  _, stops = np.nonzero(edges == -1)
+  return start_rows, starts, stops - 1
+
+
+def drop_lone_first_position(mask_RxL: np.ndarray) -> np.ndarray:
+  """Clears rows whose only True is at index 0: the official `if any(position)` skips them."""
+  lone_first_R = mask_RxL[:, 0] & (mask_RxL.sum(axis=1) == 1)
+  return mask_RxL & ~lone_first_R[:, None]
+
+
+def contrast_scores(values_RxL: np.ndarray, rows: np.ndarray, firsts: np.ndarray,
+                    lasts: np.ndarray, outer_lambda: float) -> np.ndarray:
+  """Mean inside each run minus mean of its outer margins (lambda x run length on each side).
+
+  The margins follow the official ranges: [trunc(first - lambda*n), first) clipped at 0 on the
+  left and [last + 1, trunc(last + lambda*n)) clipped at the sequence end on the right.
+  Returned in float32, as the official float32 means.
+  """
+  length = values_RxL.shape[1]
+  prefix_RxL1 = np.zeros((values_RxL.shape[0], length + 1), np.float64)
+  np.cumsum(values_RxL, axis=1, dtype=np.float64, out=prefix_RxL1[:, 1:])
+  prefix = prefix_RxL1.ravel()
+  row_offset = rows * (length + 1)
+  size = lasts - firsts + 1
+  outer_begin = np.maximum(np.trunc(firsts - outer_lambda * size), 0).astype(np.int64)
+  outer_end = np.minimum(np.trunc(lasts + outer_lambda * size), length).astype(np.int64)
+  outer_end = np.maximum(outer_end, lasts + 1)
+  # Prefix sums at, per run: outer begin, first, last + 1, outer end.
+  at_4xN = prefix[row_offset + np.stack([outer_begin, firsts, lasts + 1, outer_end])]
+  inner = ((at_4xN[2] - at_4xN[1]) / size).astype(np.float32)
+  outer_count = (firsts - outer_begin) + (outer_end - lasts - 1)
+  outer_sum = (at_4xN[1] - at_4xN[0]) + (at_4xN[3] - at_4xN[2])
+  outer = np.where(outer_count > 0, outer_sum / np.maximum(outer_count, 1), 0)
+  return inner - outer.astype(np.float32)
+
+
+def nms_1d(scores: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+           threshold: float) -> np.ndarray:
+  """Greedy NMS with the official `end - start + 1` length; returns kept indices, best first.
+
+  Ties in score: the proposal listed later ranks first (stable sort, then reversed).
+  """
+  order = np.argsort(scores, kind='stable')[::-1]
+  lengths = ends - starts + 1
+  keep = []
+  while order.size:
+    best, rest = order[0], order[1:]
+    keep.append(best)
+    inter = np.maximum(0.0, np.minimum(ends[best], ends[rest])
+                       - np.maximum(starts[best], starts[rest]) + 1)
+    iou = inter / (lengths[best] + lengths[rest] - inter)
+    order = rest[iou < threshold]
+  return np.asarray(keep, np.int64)
+
+
+def class_proposal_masks(scores_LxK: np.ndarray, magnitudes_L: np.ndarray,
+                         eval_config: ml_collections.ConfigDict):
+  """Masks [K, R, L] of the positions kept at each threshold, and the values scored on them.
+
+  CAS thresholds zero what lies below them and score the thresholded CAS; feature-magnitude
+  thresholds select positions by magnitude and score the plain (resized) CAS.
+  """
+  cas_thresholds = threshold_range(eval_config.act_thresh_min, eval_config.act_thresh_max,
+                                   eval_config.act_thresh_step)
+  scores_KxL = scores_LxK.T
+  values = np.where(scores_KxL[:, None, :] >= cas_thresholds[None, :, None],
+                    scores_KxL[:, None, :], np.float32(0))
+  masks = values > 0
+  if eval_config.feature_proposals:
+    feat_thresholds = threshold_range(eval_config.feature_thresh_min,
+                                      eval_config.feature_thresh_max,
+                                      eval_config.feature_thresh_step)
+    feat_mask_RxL = (magnitudes_L[None, :] >= feat_thresholds[:, None]) & (magnitudes_L > 0)
+    num_classes = scores_KxL.shape[0]
+    masks = np.concatenate(
+        [masks, np.broadcast_to(feat_mask_RxL, (num_classes,) + feat_mask_RxL.shape)], axis=1)
+    values = np.concatenate(
+        [values, np.broadcast_to(scores_KxL[:, None, :],
+                                 (num_classes, len(feat_thresholds), scores_KxL.shape[1]))],
+        axis=1)
+  return masks, values
+
+
+def shrink_segments(starts: np.ndarray, ends: np.ndarray, ratio: float):
+  """Moves both ends inwards by `ratio` of the segment length (ActivityNet/HACS setting)."""
+  length = ends - starts
+  return starts + length * ratio, ends - length * ratio
+
+
+def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH: np.ndarray, *,
+                 frame_num: int, duration: float, class_names: Sequence[str],
+                 config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Detections of one video in the ActivityNet results format, as the official code makes them.
+
+  Args:
+    cas_TxC1: raw class activation sequence [T, C+1] (last column: background).
+    video_scores_C1: softmaxed video scores [C+1].
+    feature_TxH: feature_supp_1 [T, H], used for the feature-magnitude proposals.
+    frame_num: number of positions the CAS is stretched to (the npz's `frame_num`).
+    duration: video duration in seconds.
+    class_names: index -> class name (the ground truth's `activity_list`).
+    config: the full config; reads `config.eval`.
+  """
+  eval_config = config.eval
+  frame_num = int(frame_num)
+  video_scores_C = np.asarray(video_scores_C1, np.float32)[:-1]
+  confident = np.nonzero(video_scores_C >= np.float32(eval_config.class_score_thresh))[0]
+  if confident.size == 0 or frame_num <= 0:
+    return []
+  cas_TxC = minmax_normalize_cas(cas_TxC1)[:, confident]
+  scores_LxK = linear_resize(cas_TxC, frame_num)
+  magnitudes_L = None
+  if eval_config.feature_proposals:
+    magnitudes_L = linear_resize(feature_magnitudes(feature_TxH)[:, None], frame_num)[:, 0]
+  masks_KxRxL, values_KxRxL = class_proposal_masks(scores_LxK, magnitudes_L, eval_config)
+  num_rows = masks_KxRxL.shape[1]
+  masks_QxL = masks_KxRxL.reshape(-1, frame_num)
+  if not eval_config.keep_lone_first_position:
+    masks_QxL = drop_lone_first_position(masks_QxL)
+  rows, firsts, lasts = find_runs(masks_QxL)
+  values_QxL = values_KxRxL.reshape(-1, frame_num)
+  gamma = np.float32(eval_config.video_score_gamma)
+  scores = (contrast_scores(values_QxL, rows, firsts, lasts, eval_config.outer_lambda)
+            + gamma * video_scores_C[confident][rows // num_rows]).astype(np.float64)
+  starts = firsts / frame_num * duration
+  ends = (lasts + 1) / frame_num * duration
+  starts, ends = shrink_segments(starts, ends, eval_config.shrink_ratio)
+  class_of_proposal = rows // num_rows
+  whole_video_score = (eval_config.whole_video_score if eval_config.whole_video_proposals
+                       else None)
+  nms_thresh = eval_config.nms_thresh
+  detections = []
+  for k, class_id in enumerate(confident):
+    members = np.nonzero(class_of_proposal == k)[0]
+    if members.size == 0:
+      continue
+    class_scores, class_starts, class_ends = scores[members], starts[members], ends[members]
+    if whole_video_score is not None:
+      class_scores = np.concatenate([class_scores, [whole_video_score]])
+      class_starts = np.concatenate([class_starts, [0.0]])
+      class_ends = np.concatenate([class_ends, [float(duration)]])
+    kept = nms_1d(class_scores, class_starts, class_ends, nms_thresh)
+    name = class_names[class_id]
+    detections.extend(
+        {'label': name, 'segment': [float(class_starts[i]), float(class_ends[i])],
+         'score': float(class_scores[i])} for i in kept)
+  return detections
