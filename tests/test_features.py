@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-import npz_files
+from tests import npz_files
 from backtal_jax.data import features
 
 READ_ARGS = dict(num_classes=npz_files.NUM_CLASSES, feature_dim=npz_files.FEATURE_DIM,

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-import npz_files
+from tests import npz_files
 from configs import activitynet12
 from configs import hacs
 from configs import thumos

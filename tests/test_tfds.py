@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-import npz_files
+from tests import npz_files
 from configs import thumos
 from backtal_jax.data import pipeline
 from backtal_jax.data import tfds_builder
