@@ -1,4 +1,4 @@
-"""Parameters from the official PyTorch BackTAL: state dicts and .pth files.
+"""Checkpoints: orbax for backtal_jax runs, and the official PyTorch state dicts and .pth files.
 
 The official modules are Conv1d layers with weights [out, in, k]; backtal_jax keeps Flax layouts
 (Dense kernels [in, out], Conv kernels [k, in, out]) under the same module names.
@@ -7,7 +7,10 @@ The official modules are Conv1d layers with weights [out, in, k]; backtal_jax ke
 import pathlib
 from typing import Any, Mapping
 
+from etils import epath
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 # official name -> (flax path, kernel size of the Conv1d, has a bias)
 _LAYERS = {
@@ -143,3 +146,67 @@ def load_official_checkpoint(path: str | pathlib.Path) -> dict:
     return params_from_torch(_find_state_dict(loaded, path))
   except CheckpointError as e:
     raise CheckpointError(f'{path}: {e}') from e
+
+
+class Checkpoints:
+  """Orbax checkpoints of a run: the latest ones (to resume) and the best one, kept apart.
+
+  Each checkpoint holds the whole TrainState (parameters, optimiser, step, RNG) and a JSON record
+  with the data position and the run's history, so that a resumed run continues bit-identically.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    root = epath.Path(workdir)
+    self.latest = ocp.CheckpointManager(
+        root / 'checkpoints', options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+    self.best = ocp.CheckpointManager(
+        root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1))
+
+  @staticmethod
+  def _save(manager: ocp.CheckpointManager, state: Any, record: dict) -> None:
+    step = int(jax.device_get(state.step))
+    if step in manager.all_steps():
+      return
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+
+  def save(self, state: Any, record: dict, *, is_best: bool = False) -> None:
+    self._save(self.latest, state, record)
+    if is_best:
+      self._save(self.best, state, record)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def restore_latest(self, state_like: Any) -> tuple[Any, dict]:
+    """The latest checkpoint, sharded like `state_like` (a TrainState or its abstract shapes)."""
+    return restore(self.latest, self.latest.latest_step(), state_like)
+
+  def wait_until_finished(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def restore(manager: ocp.CheckpointManager, step: int, state_like: Any) -> tuple[Any, dict]:
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
+  return restored.state, restored.record
+
+
+def restore_params(path: str, state_like: Any) -> Any:
+  """Parameters to evaluate: from an official .pth file, or the newest step of an orbax folder
+  (a run's workdir/best or workdir/checkpoints)."""
+  if str(path).endswith('.pth'):
+    return load_official_checkpoint(path)
+  manager = ocp.CheckpointManager(epath.Path(path))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No orbax checkpoint under {path} (config.eval.checkpoint)')
+  state, _ = restore(manager, step, state_like)
+  manager.close()
+  return state.params
