@@ -80,7 +80,7 @@ def simulate_point_labels(videos: Sequence[annotations.Video], num_segments: int
   """Simulated point labels by video; each video's clicks depend only on the seed and its name."""
   return {
       v.name: simulate_clicks(v, num_segments, num_classes,
-                              seeding.video_rng(seed, v.name, 'simulated_clicks'),
+                              seeding.named_rng(seed, v.name, 'simulated_clicks'),
                               background=background, actions=actions)
       for v in videos
   }

@@ -138,7 +138,7 @@ def choose_clicks(per_annotator: Mapping[str, Mapping[str, Clicks]], video: str,
     return tuple(sorted((c for name in available for c in per_annotator[name][video]),
                         key=lambda c: c.time))
   if source == 'random':
-    pick = seeding.video_rng(seed, video, 'random_annotator').integers(len(available))
+    pick = seeding.named_rng(seed, video, 'random_annotator').integers(len(available))
     return per_annotator[available[pick]][video]
   raise ValueError(f'click source must be one of {sorted(per_annotator)} or union/random, '
                    f'got {source!r}')

@@ -1,7 +1,7 @@
-"""Per-video random streams that depend only on the seed and the video's name.
+"""Random streams keyed by names, not by loop positions.
 
-Keying each video's generator by its name (not by its position in a loop) keeps a video's
-clicks and features the same whatever subset, order or number of processes builds them.
+Keying each video's generator by the seed and the video's name keeps a video's clicks and
+features the same whatever subset, order or number of processes builds them.
 """
 
 import zlib
@@ -9,7 +9,6 @@ import zlib
 import numpy as np
 
 
-def video_rng(seed: int, video: str, stream: str) -> np.random.Generator:
-  """A generator for one purpose (`stream`) of one video under one seed."""
-  return np.random.default_rng(
-      [seed, zlib.crc32(video.encode('utf-8')), zlib.crc32(stream.encode('utf-8'))])
+def named_rng(seed: int, *names: str) -> np.random.Generator:
+  """A generator for one purpose of one item, e.g. named_rng(0, 'video_test_0000004', 'noise')."""
+  return np.random.default_rng([seed, *(zlib.crc32(n.encode('utf-8')) for n in names)])
