@@ -206,23 +206,28 @@ def format_statistics(rows: Mapping[str, Mapping[str, float]]) -> str:
   return '\n'.join(lines)
 
 
-_STATS = flags.DEFINE_bool('stats', False, 'Print per-annotator click statistics.')
-_GROUND_TRUTH = flags.DEFINE_string(
-    'ground_truth', 'thumos14_gt', 'Shipped ground-truth name or path of a GT JSON file.')
-_SUBSET = flags.DEFINE_string('subset', 'val', 'Ground-truth subset the clicks belong to.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (so importing this module defines none)."""
+  flags.DEFINE_bool('stats', False, 'Print per-annotator click statistics.')
+  flags.DEFINE_string('ground_truth', 'thumos14_gt',
+                      'Shipped ground-truth name or path of a GT JSON file.')
+  flags.DEFINE_string('subset', 'val', 'Ground-truth subset the clicks belong to.')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  if not _STATS.value:
+  if not FLAGS.stats:
     raise app.UsageError('Nothing to do: pass --stats.')
-  gt = annotations.load_ground_truth(_GROUND_TRUTH.value)
-  videos = gt.subset(_SUBSET.value)
+  gt = annotations.load_ground_truth(FLAGS.ground_truth)
+  videos = gt.subset(FLAGS.subset)
   per_annotator = {name: thumos14_clicks(name) for name in ANNOTATORS}
   union = {v.name: choose_clicks(per_annotator, v.name, 'union') for v in videos}
   rows = {name: click_statistics(clicks, videos) for name, clicks in per_annotator.items()}
   rows['union'] = click_statistics({k: v for k, v in union.items() if v}, videos)
-  print(f'{gt.path.name}, subset {_SUBSET.value!r}: {len(videos)} videos')
+  print(f'{gt.path.name}, subset {FLAGS.subset!r}: {len(videos)} videos')
   print(format_statistics(rows))
   for name, clicks in per_annotator.items():
     skipped = sorted(v.name for v in videos if v.name not in clicks)
@@ -231,4 +236,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

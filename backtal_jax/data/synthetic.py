@@ -310,32 +310,37 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     config[key] = value.lower() in ('1', 'true') if kind is bool else kind(value)
 
 
-_DATASET = flags.DEFINE_enum('dataset', 'thumos14', sorted(DATASETS), 'Dataset to imitate.')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (gets one sub-folder per split).')
-_NUM_SEGMENTS = flags.DEFINE_integer('num_segments', None, 'T; default: the dataset\'s.')
-_HALF_WIDTH = flags.DEFINE_integer('half_width', 1024, 'Channels of each half (RGB, flow).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-_NUM_TRAIN = flags.DEFINE_integer('num_train_videos', -1, 'Training videos to write; -1: all.')
-_NUM_TEST = flags.DEFINE_integer('num_test_videos', -1, 'Test videos to write; -1: all.')
-_SET = flags.DEFINE_multi_string('set', [], 'Any other knob of default_config(): knob=value.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (so importing this module defines none)."""
+  flags.DEFINE_enum('dataset', 'thumos14', sorted(DATASETS), 'Dataset to imitate.')
+  flags.DEFINE_string('out', None, 'Output folder (gets one sub-folder per split).', required=True)
+  flags.DEFINE_integer('num_segments', None, "T; default: the dataset's (750 or 100).")
+  flags.DEFINE_integer('half_width', 1024, 'Channels of each half (RGB, flow).')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
+  flags.DEFINE_integer('num_train_videos', -1, 'Training videos to write; -1: all.')
+  flags.DEFINE_integer('num_test_videos', -1, 'Test videos to write; -1: all.')
+  flags.DEFINE_multi_string('set', [], 'Any other knob of default_config(): knob=value.')
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  config = default_config(_DATASET.value)
-  config.half_width, config.seed = _HALF_WIDTH.value, _SEED.value
-  config.num_train_videos, config.num_test_videos = _NUM_TRAIN.value, _NUM_TEST.value
-  if _NUM_SEGMENTS.value is not None:
-    config.num_segments = _NUM_SEGMENTS.value
-  apply_overrides(config, _SET.value)
+  config = default_config(FLAGS.dataset)
+  config.half_width, config.seed = FLAGS.half_width, FLAGS.seed
+  config.num_train_videos, config.num_test_videos = FLAGS.num_train_videos, FLAGS.num_test_videos
+  if FLAGS.num_segments is not None:
+    config.num_segments = FLAGS.num_segments
+  apply_overrides(config, FLAGS.set)
   started = time.monotonic()
-  written = build(config, _OUT.value, progress=True)
+  written = build(config, FLAGS.out, progress=True)
   size = sum(p.stat().st_size for paths in written.values() for p in paths)
   counts = ', '.join(f'{split}: {len(paths)}' for split, paths in written.items())
-  print(f'Wrote {counts} videos, {size / 1e6:.1f} MB, to {_OUT.value} in '
+  print(f'Wrote {counts} videos, {size / 1e6:.1f} MB, to {FLAGS.out} in '
         f'{time.monotonic() - started:.1f} s')
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('out')
+  define_flags()
   app.run(main)
