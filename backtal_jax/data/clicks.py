@@ -122,7 +122,8 @@ def _tag_index(tag: str, class_names: Sequence[str], video: str) -> int:
   if tag == BACKGROUND_TAG:
     return len(class_names)
   if tag not in class_names:
-    raise ValueError(f'video {video!r}: click tag {tag!r} is neither {BACKGROUND_TAG!r} nor a class')
+    raise ValueError(
+        f'video {video!r}: click tag {tag!r} is neither {BACKGROUND_TAG!r} nor a class')
   return list(class_names).index(tag)
 
 

@@ -24,6 +24,7 @@ hidden temporary name, then renamed), so an interrupted build leaves no partial 
 """
 
 import dataclasses
+import logging
 import os
 import pathlib
 import sys
@@ -86,7 +87,7 @@ def default_config(dataset: str = 'thumos14') -> ml_collections.ConfigDict:
   c.context_length = 0.3  # Context before and after each instance, in instance lengths.
   c.distractors_per_instance = 0.5  # Distractor stretches per video ~ Poisson(this x instances).
   c.distractor_min_length = 0.5  # Distractor length ~ U(min, max) x the mean instance length.
-  c.distractor_max_length = 1.5  # (Placed uniformly, wholly outside instances; skipped if none fits.)
+  c.distractor_max_length = 1.5  # (Placed uniformly, wholly outside instances, or skipped.)
   c.distractor_scene = 2.5  # Scene strength of a distractor's class inside it (context level).
   c.distractor_motion = 2.0  # Flow-half motion strength of a distractor's class inside it.
   c.background_strength = 2.0  # Strength of the background mixture, both halves, everywhere.
@@ -248,9 +249,13 @@ def write_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
 def train_point_labels(videos: Sequence[annotations.Video], gt: annotations.GroundTruth,
                        config: ml_collections.ConfigDict) -> Mapping[str, np.ndarray]:
   if config.clicks == 'simulated':
-    return click_simulation.simulate_point_labels(
+    labels = click_simulation.simulate_point_labels(
         videos, config.num_segments, gt.num_classes, seed=config.seed,
         actions=config.simulated_action_clicks)
+    unclicked = sorted(v for v, labels_T in labels.items() if not (labels_T == gt.num_classes).any())
+    logging.info('%d of %d training videos have no background gap of a whole snippet, so no '
+                 'background click: %s', len(unclicked), len(videos), unclicked[:20])
+    return labels
   if config.dataset != 'thumos14':
     raise ValueError(f"Human clicks exist for thumos14 only; use clicks='simulated' for "
                      f'{config.dataset}')
