@@ -252,7 +252,7 @@ def train_point_labels(videos: Sequence[annotations.Video], gt: annotations.Grou
     labels = click_simulation.simulate_point_labels(
         videos, config.num_segments, gt.num_classes, seed=config.seed,
         actions=config.simulated_action_clicks)
-    unclicked = sorted(v for v, labels_T in labels.items() if not (labels_T == gt.num_classes).any())
+    unclicked = sorted(v for v, label_T in labels.items() if not (label_T == gt.num_classes).any())
     logging.info('%d of %d training videos have no background gap of a whole snippet, so no '
                  'background click: %s', len(unclicked), len(videos), unclicked[:20])
     return labels
