@@ -7,10 +7,7 @@ By default both protocols' thresholds are scored (0.1:0.9 for THUMOS14, 0.5:0.95
 ActivityNet); each quoted average is printed when all of its thresholds were scored.
 """
 
-import json
-import os
 import sys
-import tempfile
 from typing import Any, Sequence
 
 from absl import app
@@ -18,21 +15,12 @@ from absl import flags
 import numpy as np
 
 from backtal_jax import evaluation
-
-DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-# Averages users quote: THUMOS14 papers 0.1:0.7 and 0.3:0.7, the official THUMOS14 print 0.1:0.9,
-# ActivityNet 0.5:0.95.
-QUOTED_AVERAGES = {
-    '0.1:0.7': (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-    '0.3:0.7': (0.3, 0.4, 0.5, 0.6, 0.7),
-    '0.1:0.9': (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-    '0.5:0.95': (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),
-}
+from backtal_jax import reporting
 
 _GROUND_TRUTH = flags.DEFINE_string('ground_truth', None, 'Ground-truth JSON (ActivityNet format).')
 _PREDICTIONS = flags.DEFINE_string('predictions', None, 'Detections JSON (ActivityNet results).')
 _SUBSET = flags.DEFINE_string('subset', None, "Ground-truth subset, e.g. 'test' or 'validation'.")
-_TIOU = flags.DEFINE_list('tiou', [str(t) for t in DEFAULT_TIOU], 'tIoU thresholds.')
+_TIOU = flags.DEFINE_list('tiou', [str(t) for t in reporting.DEFAULT_TIOU], 'tIoU thresholds.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', '', 'If set, the summary is also written here.')
 
 
@@ -47,17 +35,6 @@ def parse_thresholds(values: Sequence[str]) -> tuple[float, ...]:
   return thresholds
 
 
-def quoted_averages(map_T: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
-  """The quoted averages whose thresholds were all scored, and the mean over all of them."""
-  averages = {}
-  for name, wanted in QUOTED_AVERAGES.items():
-    picks = [np.flatnonzero(np.isclose(thresholds, t)) for t in wanted]
-    if all(p.size for p in picks):
-      averages[name] = float(np.mean([map_T[p[0]] for p in picks]))
-  averages['all scored'] = float(map_T.mean())
-  return averages
-
-
 def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSource, subset: str,
              thresholds: Sequence[float]) -> dict[str, Any]:
   """The summary written as JSON: settings, mAP per tIoU and the quoted averages."""
@@ -65,22 +42,7 @@ def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSo
                                       tiou_thresholds=thresholds)
   return {'ground_truth': ground_truth, 'predictions': predictions, 'subset': subset,
           'tiou': list(thresholds), 'mAP': [float(m) for m in map_T],
-          'average_mAP': quoted_averages(map_T, thresholds)}
-
-
-def format_table(summary: dict[str, Any]) -> str:
-  """Plain-text table, mAP in percent."""
-  rows = [(f'{t:.2f}', m) for t, m in zip(summary['tiou'], summary['mAP'])]
-  rows += [(f'avg {name}', m) for name, m in summary['average_mAP'].items()]
-  return '\n'.join([f'{"tIoU":>14}  mAP (%)'] + [f'{k:>14}  {100 * m:7.2f}' for k, m in rows])
-
-
-def write_json_atomically(path: str, data: dict[str, Any]) -> None:
-  """Writes through a temporary file in the same folder, so a failure leaves nothing partial."""
-  folder = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile('w', dir=folder, suffix='.tmp', delete=False) as f:
-    json.dump(data, f, indent=1)
-  os.replace(f.name, path)
+          'average_mAP': reporting.quoted_averages(map_T, thresholds)}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -91,9 +53,9 @@ def main(argv: Sequence[str]) -> None:
                        parse_thresholds(_TIOU.value))
   except (ValueError, OSError) as e:
     sys.exit(f'error: {e}')
-  print(format_table(summary))
+  print(reporting.format_table(summary))
   if _OUTPUT_JSON.value:
-    write_json_atomically(_OUTPUT_JSON.value, summary)
+    reporting.write_json_atomically(_OUTPUT_JSON.value, summary)
 
 
 if __name__ == '__main__':
