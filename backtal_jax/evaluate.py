@@ -12,7 +12,6 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from backtal_jax import evaluation
 from backtal_jax import reporting

@@ -78,10 +78,27 @@ def _masked_mean_rows(values_BxN, weights_BxN):
   return jax.vmap(_masked_mean)(values_BxN, weights_BxN)
 
 
-def _cosine_matrix(embedding_TxE, eps=1e-8):
-  """Pairwise cosine similarity with the product of norms clamped at eps, as the official loss."""
-  norm_T = jnp.linalg.norm(embedding_TxE, axis=-1)
-  return (embedding_TxE @ embedding_TxE.T) / jnp.maximum(norm_T[:, None] * norm_T[None, :], eps)
+def _cosine(a_NxE, b_NxE, eps=1e-8):
+  """Row-wise cosine similarity with the product of norms clamped at eps, as the official loss."""
+  norms_N = jnp.linalg.norm(a_NxE, axis=-1) * jnp.linalg.norm(b_NxE, axis=-1)
+  return jnp.sum(a_NxE * b_NxE, axis=-1) / jnp.maximum(norms_N, eps)
+
+
+def _similarity_matrix_without_gradient(embedding_TxE):
+  unit_TxE = embedding_TxE / jnp.maximum(jnp.linalg.norm(embedding_TxE, axis=-1, keepdims=True),
+                                         1e-30)
+  return jax.lax.stop_gradient(unit_TxE @ unit_TxE.T)
+
+
+def _hardest_partner(sim_TxT, partner_T, mode):
+  """For every frame, the partner frame with the lowest ('min') or highest ('max') similarity.
+
+  Chosen without gradient; like torch.min/max, only the chosen pair then carries a gradient,
+  which keeps the backward pass O(T E) instead of O(T^2).
+  """
+  if mode == 'min':
+    return jnp.argmin(jnp.where(partner_T[None, :], sim_TxT, jnp.inf), axis=1)
+  return jnp.argmax(jnp.where(partner_T[None, :], sim_TxT, -jnp.inf), axis=1)
 
 
 def _hinge(x):
@@ -94,19 +111,19 @@ def _affinity_one_video(embedding_TxE, fg_count_T, bg_T, similar_min, different_
   The official code concatenates the top-k frames of every ground-truth class, so a frame in the
   top-k of two classes is listed twice: it counts twice in the means, never in the min/max.
   """
-  sim_TxT = _cosine_matrix(embedding_TxE)
   fg_T = fg_count_T > 0
-  inf = jnp.asarray(jnp.inf, sim_TxT.dtype)
-  hardest_fg2fg_T = jnp.min(jnp.where(fg_T[None, :], sim_TxT, inf), axis=1)
-  hardest_bg2bg_T = jnp.min(jnp.where(bg_T[None, :], sim_TxT, inf), axis=1)
-  hardest_fg2bg_T = jnp.max(jnp.where(bg_T[None, :], sim_TxT, -inf), axis=1)
-  hardest_bg2fg_T = jnp.max(jnp.where(fg_T[None, :], sim_TxT, -inf), axis=1)
-  bg_weight_T = bg_T.astype(sim_TxT.dtype)
-  fg_weight_T = fg_count_T.astype(sim_TxT.dtype)
-  return (_masked_mean(_hinge(similar_min - hardest_fg2fg_T), fg_weight_T) +
-          _masked_mean(_hinge(similar_min - hardest_bg2bg_T), bg_weight_T) +
-          _masked_mean(_hinge(hardest_fg2bg_T - different_max), fg_weight_T) +
-          _masked_mean(_hinge(hardest_bg2fg_T - different_max), bg_weight_T))
+  sim_TxT = _similarity_matrix_without_gradient(embedding_TxE)
+
+  def hardest_similarity(partner_T, mode):
+    partner_idx_T = _hardest_partner(sim_TxT, partner_T, mode)
+    return _cosine(embedding_TxE, embedding_TxE[partner_idx_T])
+
+  bg_weight_T = bg_T.astype(embedding_TxE.dtype)
+  fg_weight_T = fg_count_T.astype(embedding_TxE.dtype)
+  return (_masked_mean(_hinge(similar_min - hardest_similarity(fg_T, 'min')), fg_weight_T) +
+          _masked_mean(_hinge(similar_min - hardest_similarity(bg_T, 'min')), bg_weight_T) +
+          _masked_mean(_hinge(hardest_similarity(bg_T, 'max') - different_max), fg_weight_T) +
+          _masked_mean(_hinge(hardest_similarity(fg_T, 'max') - different_max), bg_weight_T))
 
 
 def _indicator(indices_K, length):
@@ -165,14 +182,14 @@ def backtal_loss(outputs: Any, video_labels_BxC: jax.Array, click_labels_BxT: ja
   Returns:
     (total, terms) with terms base, supp, norm, click, separation, affinity, all unweighted.
   """
-  batch, num_classes = video_labels_BxC.shape
+  num_classes = video_labels_BxC.shape[1]
   if example_mask_B is None:
-    example_mask_B = jnp.ones((batch,), jnp.float32)
+    example_mask_B = jnp.ones_like(video_labels_BxC[:, 0], jnp.float32)
   cas_base = _at_least_f32(outputs['cas_base'])
   cas_supp = _at_least_f32(outputs['cas_supp'])
   labels = video_labels_BxC.astype(cas_base.dtype)
   mask_B = example_mask_B.astype(cas_base.dtype)
-  ones_Bx1 = jnp.ones((batch, 1), labels.dtype)
+  ones_Bx1 = jnp.ones_like(labels[:, :1])  # sharded like the labels
   bg_click_BxT = background_click_mask(click_labels_BxT, num_classes, mask_B)
   k = num_topk(cas_supp.shape[1], config.model.topk_ratio)
 

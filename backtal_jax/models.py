@@ -95,6 +95,24 @@ class AffinityConv(nn.Module):
     return affinity.affinity_conv(x_BxTxC, similarity_BxTx3, kernel, semantics=self.semantics)
 
 
+class Dropout(nn.Module):
+  """Inverted dropout whose mask is drawn with the input's sharding.
+
+  flax.linen.Dropout draws an unsharded mask, which explicit-sharding meshes reject when the
+  input is split over 'data'; PyTorch's nn.Dropout semantics otherwise (scale by 1 / keep).
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, x.shape,
+                                out_sharding=jax.typeof(x).sharding)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 class BaseModule(nn.Module):
   """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes."""
   hidden_dim: int
@@ -107,7 +125,7 @@ class BaseModule(nn.Module):
     conv = functools.partial(AffinityConv, self.hidden_dim, self.semantics, self.dtype)
     feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BxTxF, similarity_BxTx3))
     feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BxTx3))
-    return feature_1, nn.Dropout(self.dropout_rate)(feature_2, deterministic=deterministic)
+    return feature_1, Dropout(self.dropout_rate)(feature_2, deterministic=deterministic)
 
 
 class ClassifierModule(nn.Module):

@@ -41,7 +41,7 @@ def write_json_atomically(path: str | epath.PathLike, data: Any) -> None:
   temporary = path.parent / f'.{path.name}.tmp'
   try:
     temporary.write_text(json.dumps(data, indent=1))
-    temporary.rename(path)
+    temporary.replace(path)
   finally:
     if temporary.exists():
       temporary.unlink()

@@ -6,16 +6,19 @@ axis. Each process hands over only the rows it read, and
 the whole batch.
 """
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over all devices of all processes, with an explicit 'data' axis."""
-  return jax.make_mesh(
-      (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Explicit,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh with an explicit 'data' axis over `devices` (default: all, of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Explicit,),
+                       devices=devices)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -1,9 +1,16 @@
 """BackTAL on THUMOS14, with the official experiments/THUMOS14.yaml values.
 
-  python -m backtal_jax.main --config=configs/thumos.py --workdir=/tmp/backtal_thumos
+  python -m backtal_jax.main --config=configs/thumos.py --workdir=/tmp/backtal_thumos \
+      --config.data.features_root=/data/THUMOS14
+
+Variants (the part after the colon):
+  configs/thumos.py:synthetic  the semi-synthetic testbed (built on first use), CPU-sized widths
+  configs/thumos.py:debug      a few tiny synthetic videos for two epochs, for tests and smoke runs
 """
 
 import ml_collections
+
+from backtal_jax.data import synthetic
 
 
 def get_model_config() -> ml_collections.ConfigDict:
@@ -40,14 +47,17 @@ def get_data_config() -> ml_collections.ConfigDict:
   """Where the features are and how batches are drawn: backtal_jax.data.pipeline."""
   data = ml_collections.ConfigDict()
   data.dataset = 'thumos14'  # dataset name, for logs
-  data.source = 'npz'  # 'npz': the official per-video files; 'tfds': the ArrayRecord dataset
+  data.source = 'npz'  # 'npz': official files; 'tfds': ArrayRecord; 'synthetic': built testbed
   data.features_root = ml_collections.config_dict.placeholder(str)  # dir of <split>/*.npz files
+  # (source='synthetic': where the testbed is built; unset: WORKDIR/synthetic_data)
   data.train_split = 'val'  # official training split (DATASET.TRAIN_SPLIT)
   data.test_split = 'test'  # official test split (DATASET.VAL_SPLIT)
   data.num_segments = 750  # T, snippets per video (DATASET.NUM_SEGMENTS)
   data.feature_dim = 2048  # F, RGB and flow I3D features, 1024 each (NETWORK.FEAT_DIM)
   data.tfds_name = 'backtal_features/thumos14'  # TFDS dataset/config (tfds source)
   data.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # unset: TFDS's default dir
+  data.frames_per_snippet = 16  # video frames per I3D snippet: frame_num = duration * fps / 16
+  data.synthetic = synthetic.default_config('thumos14')  # testbed knobs (source='synthetic')
   data.shuffle_seed = 0  # per-epoch order = permutation seeded by (shuffle_seed, epoch)
   data.prefetch = 2  # host batches read ahead by a background thread (0: none)
   return data
@@ -69,18 +79,84 @@ def get_eval_config() -> ml_collections.ConfigDict:
   ev.whole_video_proposals = False  # add a [0, duration] proposal per class (ActivityNet/HACS)
   ev.whole_video_score = 0.6  # score of that whole-video proposal
   ev.keep_lone_first_position = False  # True: keep a proposal made of index 0 alone (quirk 4)
+  ev.ground_truth = 'thumos14_gt'  # shipped annotation name or a path to a ground-truth JSON
   ev.subset = 'test'  # ground-truth subset scored by detection mAP
   ev.tiou_thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # mAP tIoUs (IOU_TH)
+  ev.batch_size = 8  # videos per evaluation batch (global; a multiple of the device count)
+  ev.every_epochs = 1  # evaluate on the selection split every this many epochs (EVAL_INTERVAL)
+  ev.num_plots = 4  # PNG plots of this many test videos after the final evaluation
+  ev.only = False  # evaluate a checkpoint on the test split instead of training
+  ev.checkpoint = ml_collections.config_dict.placeholder(str)  # with only: orbax folder or .pth
+  # (unset: WORKDIR/best)
   return ev
 
 
+def get_train_config() -> ml_collections.ConfigDict:
+  """Optimisation and the training loop (TRAIN section of experiments/THUMOS14.yaml)."""
+  train = ml_collections.ConfigDict()
+  train.seed = 38  # parameter initialisation, dropout and held-out split (BASIC.SEED)
+  train.learning_rate = 1e-4  # constant, no schedule (LR)
+  train.b1 = 0.9  # Adam beta1 (BETAS)
+  train.b2 = 0.999  # Adam beta2 (BETAS)
+  train.eps = 1e-8  # Adam epsilon (PyTorch's default)
+  train.weight_decay = 5e-4  # L2 added to the gradient before Adam, as torch Adam (WEIGHT_DECAY)
+  train.batch_size = 16  # global batch: a multiple of the device count (BATCH_SIZE)
+  train.num_epochs = 40  # passes over the training videos (EPOCH_NUM)
+  train.supervision = 'background'  # clicks used: 'none', 'background' (BackTAL), 'action', 'both'
+  train.selection_split = 'test'  # picks the best epoch: 'test' (official) or 'heldout'
+  train.heldout_fraction = 0.1  # share of training videos held out with selection_split='heldout'
+  train.selection_metric = 'map@0.5'  # 'map@X' or 'average' (official: THUMOS14 mAP@0.5)
+  train.log_every_steps = 10  # fetch, check and log the training metrics this often
+  train.max_checkpoints_to_keep = 2  # latest checkpoints kept for resuming (the best is apart)
+  return train
+
+
+def use_synthetic(config: ml_collections.ConfigDict) -> None:
+  """The semi-synthetic testbed (DESIGN.md recipe D) at a CPU-friendly width."""
+  config.data.source = 'synthetic'  # build the testbed, then read it as official npz files
+  config.data.synthetic.half_width = 64  # RGB and flow halves of 64 channels
+  config.data.feature_dim = 128  # 2 x half_width
+  config.model.feat_dim = 128  # 2 x half_width
+  config.model.hidden_dim = 128  # affinity convolutions
+  config.model.filter_dim = 64  # filter module
+  config.model.embed_hidden_dim = 64  # embedding module, hidden layer
+  config.eval.class_score_thresh = 0.1  # recipe D shows the paper's effect at 0.1 (DESIGN.md)
+
+
+def use_debug(config: ml_collections.ConfigDict) -> None:
+  """A few tiny synthetic videos for two epochs: for tests and smoke runs, not for numbers."""
+  use_synthetic(config)
+  config.data.num_segments = 64  # T
+  config.data.synthetic.num_segments = 64  # T of the built files
+  config.data.synthetic.half_width = 8  # tiny features
+  config.data.synthetic.num_train_videos = 24  # first 24 training videos by name
+  config.data.synthetic.num_test_videos = 8  # first 8 test videos by name
+  config.data.feature_dim = 16  # 2 x half_width
+  config.data.prefetch = 0  # read in the main thread
+  config.model.feat_dim = 16  # 2 x half_width
+  config.model.hidden_dim = 16  # affinity convolutions
+  config.model.filter_dim = 8  # filter module
+  config.model.embed_hidden_dim = 8  # embedding module, hidden layer
+  config.model.embed_dim = 8  # embedding
+  config.train.batch_size = 8  # three steps per epoch (the last padded)
+  config.train.num_epochs = 2  # two epochs
+  config.train.log_every_steps = 2  # log often
+  config.eval.batch_size = 4  # evaluation batch
+  config.eval.num_plots = 1  # one plot
+
+
+VARIANTS = {'': lambda config: None, 'synthetic': use_synthetic, 'debug': use_debug}
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """THUMOS14 config; `arg` selects a variant (none yet)."""
-  if arg:
-    raise ValueError(f'configs/thumos.py: unknown variant {arg!r}')
+  """THUMOS14 config; `arg` picks a variant: '', 'synthetic' or 'debug'."""
+  if arg not in VARIANTS:
+    raise ValueError(f'configs/thumos.py: unknown variant {arg!r}; known: {sorted(VARIANTS)}')
   config = ml_collections.ConfigDict()
   config.model = get_model_config()
   config.loss = get_loss_config()
   config.data = get_data_config()
   config.eval = get_eval_config()
+  config.train = get_train_config()
+  VARIANTS[arg](config)
   return config

@@ -1,0 +1,205 @@
+"""The splits a run uses: training videos, the split that picks the best epoch, the test split.
+
+The official code picks the best epoch on the test split itself (`config.train.selection_split =
+'test'`). `'heldout'` instead keeps a seeded share of the training videos apart and picks on them,
+scored against their ground truth, so the test split is only looked at once, at the end.
+"""
+
+import dataclasses
+import json
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+
+from backtal_jax.data import annotations
+from backtal_jax.data import click_simulation
+from backtal_jax.data import pipeline
+from backtal_jax.data import seeding
+from backtal_jax.data import supervision
+from backtal_jax.data import synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+  """Videos to evaluate and the ground truth that scores them."""
+  name: str  # 'test' or 'heldout', for logs and file names
+  source: pipeline.Source
+  ground_truth: annotations.GroundTruth  # class names
+  ground_truth_json: Any  # what detection_map scores against: a path or a parsed dict
+  subset: str  # ground-truth subset of these videos
+
+
+class Subset:
+  """Some examples of a source, by index."""
+
+  def __init__(self, source: pipeline.Source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.source[int(self.indices[index])]
+
+
+class WithGroundTruthMetadata:
+  """Training videos carry no frame_num/fps/duration; evaluation takes them from the ground truth
+  (frame_num counts 16-frame snippets, as in the official test files)."""
+
+  def __init__(self, source: pipeline.Source, ground_truth: annotations.GroundTruth,
+               frames_per_snippet: int):
+    self.source, self.ground_truth = source, ground_truth
+    self.frames_per_snippet = frames_per_snippet
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = dict(self.source[index])
+    video = self.ground_truth.videos[example['vid_name']]
+    example['frame_num'] = np.int64(round(video.duration * video.fps / self.frames_per_snippet))
+    example['fps'] = np.float64(video.fps)
+    example['duration'] = np.float64(video.duration)
+    return example
+
+
+class Supervised:
+  """Training examples whose click labels follow config.train.supervision; action clicks are
+  simulated from the ground truth, seeded per video name."""
+
+  def __init__(self, source: pipeline.Source, kind: str, ground_truth: annotations.GroundTruth,
+               num_segments: int, seed: int):
+    supervision.check_supervision(kind)
+    self.source, self.kind, self.ground_truth = source, kind, ground_truth
+    self.num_segments, self.seed = num_segments, seed
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def action_clicks(self, vid_name: str) -> np.ndarray | None:
+    if not supervision.needs_action_clicks(self.kind):
+      return None
+    if vid_name not in self.ground_truth.videos:
+      raise KeyError(f'{vid_name}: no ground truth in {self.ground_truth.path} to simulate action '
+                     'clicks from (config.train.supervision)')
+    return click_simulation.simulate_clicks(
+        self.ground_truth.videos[vid_name], self.num_segments, self.ground_truth.num_classes,
+        seeding.named_rng(self.seed, vid_name, 'action_clicks'), background=False, actions=True)
+
+  def __getitem__(self, index: int) -> dict:
+    example = dict(self.source[index])
+    example['click_labels'] = supervision.supervised_clicks(
+        example['click_labels'], self.action_clicks(example['vid_name']),
+        self.ground_truth.num_classes, self.kind)
+    return example
+
+
+def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
+  """Builds the semi-synthetic testbed once (a marker records the settings it was built with)."""
+  root = epath.Path(config.data.features_root or epath.Path(workdir) / 'synthetic_data')
+  marker = root / 'COMPLETE.json'
+  settings = config.data.synthetic.to_dict()
+  if marker.exists() and json.loads(marker.read_text()) == settings:
+    return root
+  if marker.exists():
+    raise ValueError(f'{root} holds a testbed built with other settings ({marker}); remove it or '
+                     'point config.data.features_root elsewhere.')
+  if jax.process_index() == 0:
+    logging.info('Building the semi-synthetic testbed in %s', root)
+    synthetic.build(config.data.synthetic, root, progress=True)
+    marker.write_text(json.dumps(settings))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('synthetic testbed built')
+  return root
+
+
+def _open(config, root, split, *, train):
+  data_config = config.data
+  if data_config.source == 'synthetic':
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.source, data_config.features_root = 'npz', str(root)
+  return pipeline.open_source(data_config, split, num_classes=config.model.num_classes, train=train)
+
+
+def check_shapes(config: ml_collections.ConfigDict) -> None:
+  if config.data.feature_dim != config.model.feat_dim:
+    raise ValueError(f'config.data.feature_dim ({config.data.feature_dim}) and '
+                     f'config.model.feat_dim ({config.model.feat_dim}) must agree')
+  if config.data.source == 'synthetic':
+    built = (config.data.synthetic.num_segments, 2 * config.data.synthetic.half_width)
+    if built != (config.data.num_segments, config.data.feature_dim):
+      raise ValueError(f'config.data.synthetic builds T, F = {built} but config.data expects '
+                       f'{(config.data.num_segments, config.data.feature_dim)}')
+
+
+def heldout_indices(num_videos: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(training, held-out) indices: a seeded share of the videos, at least one, kept apart."""
+  if not 0 < fraction < 1:
+    raise ValueError(f'config.train.heldout_fraction must lie in (0, 1), got {fraction}')
+  order = seeding.named_rng(seed, 'heldout').permutation(num_videos)
+  count = max(1, int(round(num_videos * fraction)))
+  return np.sort(order[count:]), np.sort(order[:count])
+
+
+def heldout_ground_truth_json(ground_truth_path, names: list[str]) -> dict:
+  """The ground-truth file restricted to the held-out videos, so mAP is over those alone."""
+  raw = json.loads(epath.Path(ground_truth_path).read_text())
+  raw['database'] = {name: raw['database'][name] for name in names}
+  return raw
+
+
+@dataclasses.dataclass
+class Datasets:
+  """Sources of one run and the loader factory."""
+  config: ml_collections.ConfigDict
+  train: pipeline.Source
+  selection: EvalSplit
+  test: EvalSplit
+
+  def train_loader(self, start: pipeline.DataPosition) -> pipeline.TrainLoader:
+    config = self.config
+    return pipeline.TrainLoader(
+        self.train, global_batch_size=config.train.batch_size,
+        spec=pipeline.BatchSpec(config.data.num_segments, config.data.feature_dim,
+                                config.model.num_classes),
+        seed=config.data.shuffle_seed, start=start, prefetch=config.data.prefetch,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
+  """The run's splits from config.data, config.train and config.eval."""
+  check_shapes(config)
+  if not config.eval.ground_truth:
+    raise ValueError('config.eval.ground_truth is not set: give the ground-truth JSON of the '
+                     'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
+                     '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
+  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+  if ground_truth.num_classes != config.model.num_classes:
+    raise ValueError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
+                     f'config.model.num_classes is {config.model.num_classes}')
+  root = synthetic_root(config, workdir) if config.data.source == 'synthetic' else None
+  train = _open(config, root, config.data.train_split, train=True)
+  test = EvalSplit('test', _open(config, root, config.data.test_split, train=False), ground_truth,
+                   str(ground_truth.path), config.eval.subset)
+  if config.train.selection_split == 'test':
+    selection = test
+  elif config.train.selection_split == 'heldout':
+    kept, heldout = heldout_indices(len(train), config.train.heldout_fraction, config.train.seed)
+    heldout_source = WithGroundTruthMetadata(Subset(train, heldout), ground_truth,
+                                             config.data.frames_per_snippet)
+    names = [heldout_source[i]['vid_name'] for i in range(len(heldout_source))]
+    selection = EvalSplit('heldout', heldout_source, ground_truth,
+                          heldout_ground_truth_json(ground_truth.path, names),
+                          config.data.train_split)
+    train = Subset(train, kept)
+  else:
+    raise ValueError("config.train.selection_split must be 'test' or 'heldout', got "
+                     f'{config.train.selection_split!r}')
+  train = Supervised(train, config.train.supervision, ground_truth, config.data.num_segments,
+                     config.train.seed)
+  return Datasets(config, train, selection, test)

@@ -1,0 +1,37 @@
+"""Trains and evaluates BackTAL; all settings come from the config file.
+
+  python -m backtal_jax.main --config=configs/thumos.py:synthetic --workdir=/tmp/backtal
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from backtal_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results (local or gs://).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() first: on every host of a TPU pod '
+    'slice (no other settings needed) or of a multi-node GPU job (SLURM supplies them).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+  if _CONFIG.value.eval.only:
+    train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  else:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

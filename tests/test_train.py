@@ -1,0 +1,152 @@
+"""The training loop end to end on the tiny synthetic debug config."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from backtal_jax import checkpoint
+from backtal_jax import sharding
+from backtal_jax import train
+from backtal_jax.data import pipeline
+from configs import thumos
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def debug_config(**train_overrides):
+  config = thumos.get_config('debug')
+  for key, value in train_overrides.items():
+    config.train[key] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def testbed(tmp_path_factory):
+  """One synthetic debug testbed shared by the runs of this module."""
+  return str(tmp_path_factory.mktemp('testbed'))
+
+
+def run(tmp_path, testbed, name, **train_overrides):
+  config = debug_config(**train_overrides)
+  config.data.features_root = testbed
+  workdir = tmp_path / name
+  return train.train_and_evaluate(config, str(workdir)), workdir
+
+
+def params_of(state):
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+@pytest.mark.slow
+def test_two_epochs_end_to_end(tmp_path, testbed):
+  state, workdir = run(tmp_path, testbed, 'run')
+  assert int(state.step) == 2 * 3  # 24 videos, batch 8, two epochs
+  results = json.loads((workdir / 'results.json').read_text())
+  assert len(results['mAP']) == 9 and results['best_epoch'] in (1, 2)
+  for name in ('epoch_001', 'epoch_002', 'best_test'):
+    detections = json.loads((workdir / 'detections' / f'{name}.json').read_text())
+    assert len(detections['results']) == 8  # every test video of the debug testbed
+  assert list((workdir / 'plots' / 'best_test').glob('*.png'))
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params_of(state)))
+
+
+@pytest.mark.slow
+def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed):
+  uninterrupted, _ = run(tmp_path, testbed, 'straight')
+  run(tmp_path, testbed, 'stopped', num_epochs=1)
+  resumed, _ = run(tmp_path, testbed, 'stopped')
+  assert int(resumed.step) == int(uninterrupted.step)
+  for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(uninterrupted))):
+    np.testing.assert_array_equal(ours, ref)
+
+
+class PreemptedAfter:
+  """Stands in for train.Preemption: reports a SIGTERM once `steps` steps have run."""
+
+  def __init__(self, steps):
+    self.steps, self.calls = steps, 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  @property
+  def requested(self):
+    self.calls += 1
+    return self.calls >= self.steps
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, monkeypatch):
+  uninterrupted, _ = run(tmp_path, testbed, 'straight')
+  monkeypatch.setattr(train, 'Preemption', lambda: PreemptedAfter(steps=4))
+  stopped, workdir = run(tmp_path, testbed, 'preempted')
+  assert int(stopped.step) == 4
+  manager = checkpoint.Checkpoints(str(workdir))
+  _, record = manager.restore_latest(stopped)
+  manager.close()
+  assert pipeline.DataPosition.from_dict(record['position']) == pipeline.DataPosition(1, 1)
+  monkeypatch.undo()
+  resumed, _ = run(tmp_path, testbed, 'preempted')
+  for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(uninterrupted))):
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_sigterm_sets_the_preemption_flag():
+  with train.Preemption() as preemption:
+    assert not preemption.requested
+    os.kill(os.getpid(), 15)
+    assert preemption.requested
+
+
+def test_same_losses_on_one_and_four_devices(testbed, tmp_path):
+  config = debug_config()
+  config.data.features_root = testbed
+  metrics = {}
+  for count in (1, 4):
+    mesh = sharding.make_mesh(jax.devices()[:count])
+    with jax.set_mesh(mesh):
+      run_ = train.Run(config, str(tmp_path / f'devices{count}'), mesh)
+      state = train.create_train_state(config, run_.model, run_.tx, mesh)
+      step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state)
+      loader = run_.data.train_loader(pipeline.DataPosition())
+      metrics[count] = []
+      for _ in range(3):
+        batch = sharding.to_global_batch(next(loader), sharding.batch_sharding(mesh))
+        state, step_metrics = step_fn(state, batch)
+        metrics[count].append(jax.device_get(step_metrics))
+      loader.close()
+      run_.checkpoints.close()
+  for one, four in zip(metrics[1], metrics[4]):
+    for key in one:
+      np.testing.assert_allclose(four[key], one[key], rtol=1e-6, err_msg=key)
+
+
+def test_missing_features_fail_at_once_with_directions(tmp_path):
+  config = thumos.get_config()
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  message = str(error.value)
+  assert 'config.data.features_root' in message
+  assert 'github.com/VividLe/BackTAL' in message
+  assert ':synthetic' in message
+
+
+def test_config_typo_on_the_command_line_is_an_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'backtal_jax.main', '--config=configs/thumos.py:debug',
+       f'--workdir={tmp_path}', '--config.train.nmu_epochs=3'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert result.returncode != 0
+  assert 'nmu_epochs' in result.stderr
+  assert not (tmp_path / 'checkpoints').exists()
