@@ -193,22 +193,14 @@ def relative_error(ours, reference) -> float:
   errors = [np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)) /
             max(np.linalg.norm(np.asarray(b, np.float64)), 1e-30)
             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference))]
-  return max(errors)
+  return float(max(errors))
 
 
-def check_against_naive(formulation: Formulation, semantics: str, mode: str, precision_name: str,
-                        shape: tuple[int, int, int], seed: int) -> float:
-  """Relative error of the formulation at the timed precision, on fresh inputs, against the naive
-  one in float32 at HIGHEST on the same inputs (so only the formulation's own rounding counts)."""
-  dtype, precision = PRECISIONS[precision_name]
-  batch, length, width = shape
-  inputs = random_inputs(jax.random.key(seed), batch, length, width, width, dtype)
-  args = inputs if mode == 'forward_backward' else inputs[:3]
-  ours = jitted(formulation, mode, precision)(*args)
+def naive_reference(semantics: str, mode: str, args: tuple):
+  """The naive formulation in float32 at HIGHEST on the same (already cast) inputs, so that only a
+  formulation's own rounding counts against it."""
   naive = formulations(semantics)['naive']
-  reference = jitted(naive, mode, jax.lax.Precision.HIGHEST)(
-      *(a.astype(jnp.float32) for a in args))
-  return relative_error(ours, reference)
+  return jitted(naive, mode, jax.lax.Precision.HIGHEST)(*(a.astype(jnp.float32) for a in args))
 
 
 def warm_up(fn: Callable, args: tuple, warmup: int) -> None:
@@ -276,7 +268,11 @@ def resolve_shapes(names: list[str], width: int, batch_divisor: int):
 def run_benchmark(shapes, semantics_names, modes, precision_names, formulation_names=None,
                   warmup: int = 2, repeats: int = 5, seed: int = 0,
                   formulations_of: Callable = formulations) -> list[dict]:
-  """One row per (shape, mode, precision, semantics, formulation); rejected rows carry no time."""
+  """One row per (shape, mode, precision, semantics, formulation); rejected rows carry no time.
+
+  Each formulation is checked on fresh random inputs (the run's seed) before it is timed on them;
+  the checking call also compiles it.
+  """
   rows = []
   for dataset, shape in shapes:
     batch, length, width = shape
@@ -286,22 +282,22 @@ def run_benchmark(shapes, semantics_names, modes, precision_names, formulation_n
         dtype, precision = PRECISIONS[precision_name]
         dense_fn = dense_matmul(mode, precision)
         dense_args = dense_inputs(mode, precision_name, shape)
-        inputs = random_inputs(jax.random.key(seed + 1), batch, length, width, width, dtype)
+        inputs = random_inputs(jax.random.key(seed), batch, length, width, width, dtype)
         args = inputs if mode == 'forward_backward' else inputs[:3]
         for semantics in semantics_names:
+          reference = naive_reference(semantics, mode, args)
           for name, formulation in formulations_of(semantics).items():
             if formulation_names and name not in formulation_names:
               continue
-            error = check_against_naive(formulation, semantics, mode, precision_name, shape,
-                                        seed + 2)
+            fn = jitted(formulation, mode, precision)
+            error = relative_error(fn(*args), reference)
             row = dict(dataset=dataset, batch=batch, length=length, width=width, mode=mode,
                        precision=precision_name, semantics=semantics, formulation=name,
                        relative_error=error, tolerance=TOLERANCE[precision_name],
                        correct=error <= TOLERANCE[precision_name], flops=flops, ms=None,
                        tflops=None, dense_ms=None, fraction_of_dense=None)
             if row['correct']:
-              ms, dense_ms, fraction = paired_ms(jitted(formulation, mode, precision), args,
-                                                 dense_fn, dense_args, warmup, repeats)
+              ms, dense_ms, fraction = paired_ms(fn, args, dense_fn, dense_args, warmup, repeats)
               row.update(ms=ms, tflops=flops / ms * 1e-9, dense_ms=dense_ms,
                          fraction_of_dense=fraction)
             else:
