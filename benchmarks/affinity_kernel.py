@@ -37,9 +37,10 @@ PRECISIONS = {
     'bfloat16': (jnp.bfloat16, jax.lax.Precision.DEFAULT),
 }
 # Relative Frobenius error against the naive formulation evaluated in float32 at HIGHEST on the same
-# (already cast) inputs. tf32 rounds the operands to 10 mantissa bits (~5e-4); bfloat16 rounds the
-# outputs and intermediates to 8 bits (~4e-3); a semantics or grouping mistake is of order 1e-2..1.
-TOLERANCE = {'highest': 1e-5, 'default': 5e-3, 'bfloat16': 1e-2}
+# (already cast) inputs. tf32 rounds the operands to 10 mantissa bits (~5e-4); in bfloat16 the
+# naive formulation itself is 8e-3 off in its gradients at C=256 on the CPU (outputs and sums
+# rounded to 8 bits); a semantics mistake is of order 1 (official vs paper: 1.1).
+TOLERANCE = {'highest': 1e-5, 'default': 5e-3, 'bfloat16': 3e-2}
 SMALL_WIDTH = 256
 SMALL_BATCH_DIVISOR = 4
 
