@@ -1,0 +1,394 @@
+"""Microbenchmark of the affinity convolution against a dense matmul of equal FLOPs.
+
+Every formulation (the naive unfold-and-tile one mirroring the official code, the fast one of
+backtal_jax.affinity, and the alternatives below) is first checked against the naive one on fresh
+random inputs at the precision being timed; a formulation outside that precision's tolerance is
+reported as rejected, never timed. Then each is timed forward and forward+backward (gradients with
+respect to x, similarity and kernel) and compared with a dense [B*T, 3C] x [3C, O] matmul measured
+in the same run at the same precision.
+
+GPU (full shapes, all datasets):
+  PYTHONPATH=. python benchmarks/affinity_kernel.py --json_out=affinity_gpu.json
+CPU (width 256, batch / 4):
+  PYTHONPATH=. python benchmarks/affinity_kernel.py --small --json_out=affinity_cpu.json
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from backtal_jax import affinity
+
+DATASET_SHAPES = {'thumos14': (16, 750), 'activitynet12': (128, 100), 'hacs': (64, 200)}
+MODES = ('forward', 'forward_backward')
+PRECISIONS = {
+    'highest': (jnp.float32, jax.lax.Precision.HIGHEST),
+    'default': (jnp.float32, jax.lax.Precision.DEFAULT),
+    'bfloat16': (jnp.bfloat16, jax.lax.Precision.DEFAULT),
+}
+# Relative Frobenius error against the naive formulation evaluated in float32 at HIGHEST on the same
+# (already cast) inputs. tf32 rounds the operands to 10 mantissa bits (~5e-4); in bfloat16 the
+# naive formulation itself is 8e-3 off in its gradients at C=256 on the CPU (outputs and sums
+# rounded to 8 bits); a semantics mistake is of order 1 (official vs paper: 1.1).
+TOLERANCE = {'highest': 1e-5, 'default': 5e-3, 'bfloat16': 3e-2}
+SMALL_WIDTH = 256
+SMALL_BATCH_DIVISOR = 4
+
+Formulation = Callable[..., jax.Array]  # (x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision)
+
+
+def tap_group_ranges(channels: int, tap: int) -> list[tuple[int, int, int]]:
+  """(group, first, end) channel ranges of one tap in the official grouping, in channel order.
+
+  Along the channels of a fixed tap k the group floor((3c + k) / C) never decreases, so each group
+  owns one contiguous range and the scale of the shifted input is a concatenation of broadcasts.
+  """
+  group_C = (np.arange(channels) * affinity.KERNEL_SIZE + tap) // channels
+  ranges = []
+  for g in range(affinity.KERNEL_SIZE):
+    first, end = np.searchsorted(group_C, [g, g + 1])
+    if end > first:
+      ranges.append((g, int(first), int(end)))
+  return ranges
+
+
+def scaled_taps(x_TxC, similarity_Tx3, semantics):
+  """The three shifted inputs, each scaled by its similarity at the output frame t: [T, C] each.
+
+  The similarity is taken at the output frame t, i.e. at the row of the unfolded input, so scaling
+  before the product is exact for both semantics.
+  """
+  length, channels = x_TxC.shape
+  taps = []
+  for k in range(affinity.KERNEL_SIZE):
+    if semantics == 'paper':
+      scale_TxC = similarity_Tx3[:, k:k + 1]
+    else:
+      scale_TxC = jnp.concatenate(
+          [jnp.broadcast_to(similarity_Tx3[:, g:g + 1], (length, end - first))
+           for g, first, end in tap_group_ranges(channels, k)], axis=-1)
+    taps.append(affinity._shift(x_TxC, k - 1) * scale_TxC)
+  return taps
+
+
+def _scaled_unfold_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision, semantics):
+  """One [T, 3C] x [3C, O] product of the concatenated scaled taps (materialises [T, 3C])."""
+  unfolded_TxKC = jnp.concatenate(scaled_taps(x_TxC, similarity_Tx3, semantics), axis=-1)
+  kernel_KCxO = kernel_KxCxO.reshape(-1, kernel_KxCxO.shape[-1])
+  return jnp.dot(unfolded_TxKC, kernel_KCxO, precision=precision)
+
+
+def _scaled_taps_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision, semantics):
+  """Three [T, C] x [C, O] products of the scaled taps, summed (no [T, 3C] concatenation)."""
+  taps = scaled_taps(x_TxC, similarity_Tx3, semantics)
+  return sum(jnp.dot(tap_TxC, kernel_CxO, precision=precision)
+             for tap_TxC, kernel_CxO in zip(taps, kernel_KxCxO))
+
+
+def _shifted_outputs_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
+  """Official semantics, per group: [T, G] x [G, 3O], then the shifted sum of the three taps."""
+  c_out = kernel_KxCxO.shape[-1]
+  out_TxO = 0
+  for g, (first, end, mask_KxG) in enumerate(affinity.official_groups(x_TxC.shape[-1])):
+    kernel_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
+    kernel_Gx3O = jnp.transpose(kernel_KxGxO, (1, 0, 2)).reshape(end - first, -1)
+    taps_TxKxO = jnp.dot(x_TxC[:, first:end], kernel_Gx3O, precision=precision).reshape(
+        -1, affinity.KERNEL_SIZE, c_out)
+    summed_TxO = sum(affinity._shift(taps_TxKxO[:, k], k - 1) for k in range(affinity.KERNEL_SIZE))
+    out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * summed_TxO
+  return out_TxO
+
+
+def _grouped_conv(x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision):
+  """Official semantics as one grouped convolution (3 groups -> 3O channels), then weights.
+
+  The groups' channel ranges (which share the boundary channels when C % 3 != 0) are copied side
+  by side and zero-padded to equal width, so XLA sees feature_group_count=3.
+  """
+  groups = affinity.official_groups(x_BxTxC.shape[-1])
+  width = max(end - first for first, end, _ in groups)
+  inputs, kernels = [], []
+  for first, end, mask_KxG in groups:
+    pad = width - (end - first)
+    inputs.append(jnp.pad(x_BxTxC[..., first:end], ((0, 0), (0, 0), (0, pad))))
+    masked_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
+    kernels.append(jnp.pad(masked_KxGxO, ((0, 0), (0, pad), (0, 0))))
+  out_BxTx3O = jax.lax.conv_general_dilated(
+      jnp.concatenate(inputs, axis=-1), jnp.concatenate(kernels, axis=-1), window_strides=(1,),
+      padding=((1, 1),), dimension_numbers=('NWC', 'WIO', 'NWC'), feature_group_count=3,
+      precision=precision)
+  batch, length, _ = x_BxTxC.shape
+  out_BxTx3xO = out_BxTx3O.reshape(batch, length, affinity.KERNEL_SIZE, -1)
+  return jnp.einsum('btgo,btg->bto', out_BxTx3xO, similarity_BxTx3.astype(out_BxTx3xO.dtype))
+
+
+def _vmapped(one_video: Callable, **kwargs) -> Formulation:
+  def formulation(x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision):
+    fn = lambda x, s: one_video(x, s, kernel_KxCxO, precision=precision, **kwargs)
+    return jax.vmap(fn)(x_BxTxC, similarity_BxTx3)
+  return formulation
+
+
+def formulations(semantics: str) -> dict[str, Formulation]:
+  """Name -> formulation for one semantics; 'naive' first, since it is the reference."""
+  found = {
+      'naive': lambda x, s, k, precision: affinity.NAIVE[semantics](x, s, k),
+      'fast': lambda x, s, k, precision: affinity.affinity_conv(
+          x, s, k, semantics=semantics, precision=precision),
+      'scaled_unfold': _vmapped(_scaled_unfold_one_video, semantics=semantics),
+      'scaled_taps': _vmapped(_scaled_taps_one_video, semantics=semantics),
+  }
+  if semantics == 'official':
+    found['shifted_outputs'] = _vmapped(_shifted_outputs_one_video)
+    found['grouped_conv'] = _grouped_conv
+  return found
+
+
+def forward_flops(batch: int, length: int, c_in: int, c_out: int) -> int:
+  """The unfolded product [B*T, 3C] x [3C, O]; the similarity weighting is O(B*T*3C) besides."""
+  return 2 * batch * length * affinity.KERNEL_SIZE * c_in * c_out
+
+
+def mode_flops(mode: str, batch: int, length: int, c_in: int, c_out: int) -> int:
+  """The backward adds two products of the forward's size (gradients of input and kernel)."""
+  return forward_flops(batch, length, c_in, c_out) * (1 if mode == 'forward' else 3)
+
+
+def random_inputs(key: jax.Array, batch: int, length: int, c_in: int, c_out: int, dtype):
+  """x, neighbour similarities of a random embedding, kernel at PyTorch's scale, and a cotangent."""
+  keys = jax.random.split(key, 4)
+  x_BxTxC = jax.random.normal(keys[0], (batch, length, c_in))
+  embedding_BxTxE = jax.random.normal(keys[1], (batch, length, 32))
+  similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)
+  bound = 1.0 / np.sqrt(affinity.KERNEL_SIZE * c_in)
+  kernel_KxCxO = jax.random.uniform(keys[2], (affinity.KERNEL_SIZE, c_in, c_out), minval=-bound,
+                                    maxval=bound)
+  cotangent_BxTxO = jax.random.normal(keys[3], (batch, length, c_out))
+  return tuple(a.astype(dtype) for a in (x_BxTxC, similarity_BxTx3, kernel_KxCxO, cotangent_BxTxO))
+
+
+def jitted(formulation: Formulation, mode: str, precision) -> Callable:
+  """jit of the forward (x, s, W) -> out, or of the backward (x, s, W, g) -> (dx, ds, dW)."""
+  def forward(x, s, w):
+    return formulation(x, s, w, precision=precision)
+
+  def forward_backward(x, s, w, cotangent):
+    _, vjp = jax.vjp(forward, x, s, w)
+    return vjp(cotangent)
+
+  return jax.jit(forward if mode == 'forward' else forward_backward)
+
+
+def relative_error(ours, reference) -> float:
+  """Worst relative Frobenius error over the outputs (one array, or the three gradients)."""
+  errors = [np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)) /
+            max(np.linalg.norm(np.asarray(b, np.float64)), 1e-30)
+            for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference))]
+  return float(max(errors))
+
+
+def naive_reference(semantics: str, mode: str, args: tuple):
+  """The naive formulation in float32 at HIGHEST on the same (already cast) inputs, so that only a
+  formulation's own rounding counts against it."""
+  naive = formulations(semantics)['naive']
+  return jitted(naive, mode, jax.lax.Precision.HIGHEST)(*(a.astype(jnp.float32) for a in args))
+
+
+def warm_up(fn: Callable, args: tuple, warmup: int) -> None:
+  """Compiles and runs `warmup` times, so the timed calls see neither compile nor first-run cost."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+
+
+def call_seconds(fn: Callable, args: tuple) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def paired_ms(fn: Callable, args: tuple, dense_fn: Callable, dense_args: tuple, warmup: int,
+              repeats: int) -> tuple[float, float, float]:
+  """Median ms of fn, of the dense matmul, and median of their per-pair ratio dense / fn.
+
+  The two are called alternately, so a neighbour's load on a shared machine slows both members of
+  a pair alike and the ratio stays meaningful when the absolute times drift.
+  """
+  warm_up(fn, args, warmup)
+  warm_up(dense_fn, dense_args, warmup)
+  pairs = [(call_seconds(fn, args), call_seconds(dense_fn, dense_args)) for _ in range(repeats)]
+  ours, dense = zip(*pairs)
+  return (1e3 * statistics.median(ours), 1e3 * statistics.median(dense),
+          statistics.median(d / o for o, d in pairs))
+
+
+def dense_matmul(mode: str, precision) -> Callable:
+  """The reference of equal FLOPs: [B*T, 3C] x [3C, O], and its vjp for forward+backward."""
+  def forward(a, b):
+    return jnp.dot(a, b, precision=precision)
+
+  def forward_backward(a, b, cotangent):
+    _, vjp = jax.vjp(forward, a, b)
+    return vjp(cotangent)
+
+  return jax.jit(forward if mode == 'forward' else forward_backward)
+
+
+def dense_inputs(mode: str, precision_name: str, shape) -> tuple:
+  dtype, _ = PRECISIONS[precision_name]
+  batch, length, width = shape
+  keys = jax.random.split(jax.random.key(0), 3)
+  rows, depth = batch * length, affinity.KERNEL_SIZE * width
+  a = jax.random.normal(keys[0], (rows, depth), dtype)
+  b = jax.random.normal(keys[1], (depth, width), dtype)
+  return (a, b) if mode == 'forward' else (a, b, jax.random.normal(keys[2], (rows, width), dtype))
+
+
+def resolve_shapes(names: list[str], width: int, batch_divisor: int):
+  """'thumos14' -> ('thumos14', (B / divisor, T, width)); '2x9' -> ('2x9', (2, 9, width))."""
+  shapes = []
+  for name in names:
+    if name in DATASET_SHAPES:
+      batch, length = DATASET_SHAPES[name]
+      batch = max(batch // batch_divisor, 1)
+    else:
+      batch, length = (int(n) for n in name.split('x'))
+    shapes.append((name, (batch, length, width)))
+  return shapes
+
+
+def run_benchmark(shapes, semantics_names, modes, precision_names, formulation_names=None,
+                  warmup: int = 2, repeats: int = 5, seed: int = 0,
+                  formulations_of: Callable = formulations) -> list[dict]:
+  """One row per (shape, mode, precision, semantics, formulation); rejected rows carry no time.
+
+  Each formulation is checked on fresh random inputs (the run's seed) before it is timed on them;
+  the checking call also compiles it.
+  """
+  rows = []
+  for dataset, shape in shapes:
+    batch, length, width = shape
+    for mode in modes:
+      flops = mode_flops(mode, batch, length, width, width)
+      for precision_name in precision_names:
+        dtype, precision = PRECISIONS[precision_name]
+        dense_fn = dense_matmul(mode, precision)
+        dense_args = dense_inputs(mode, precision_name, shape)
+        inputs = random_inputs(jax.random.key(seed), batch, length, width, width, dtype)
+        args = inputs if mode == 'forward_backward' else inputs[:3]
+        for semantics in semantics_names:
+          reference = naive_reference(semantics, mode, args)
+          for name, formulation in formulations_of(semantics).items():
+            if formulation_names and name not in formulation_names:
+              continue
+            fn = jitted(formulation, mode, precision)
+            error = relative_error(fn(*args), reference)
+            row = dict(dataset=dataset, batch=batch, length=length, width=width, mode=mode,
+                       precision=precision_name, semantics=semantics, formulation=name,
+                       relative_error=error, tolerance=TOLERANCE[precision_name],
+                       correct=error <= TOLERANCE[precision_name], flops=flops, ms=None,
+                       tflops=None, dense_ms=None, fraction_of_dense=None)
+            if row['correct']:
+              ms, dense_ms, fraction = paired_ms(fn, args, dense_fn, dense_args, warmup, repeats)
+              row.update(ms=ms, tflops=flops / ms * 1e-9, dense_ms=dense_ms,
+                         fraction_of_dense=fraction)
+            else:
+              logging.error('%s/%s rejected at %s %s: relative error %.2e > %.0e', semantics, name,
+                            mode, precision_name, error, TOLERANCE[precision_name])
+            logging.info('%s', format_row(row))
+            rows.append(row)
+  return rows
+
+
+def format_row(row: dict) -> str:
+  shape = '%s B=%d T=%d C=O=%d' % (row['dataset'], row['batch'], row['length'], row['width'])
+  if not row['correct']:
+    timing = '%9s %8s %9s %7s' % ('REJECTED', '-', '-', '-')
+  else:
+    timing = '%9.3f %8.3f %9.3f %6.0f%%' % (row['ms'], row['tflops'], row['dense_ms'],
+                                            100 * row['fraction_of_dense'])
+  return '%-34s %-16s %-8s %-8s %-15s %s %8.1e' % (
+      shape, row['mode'], row['precision'], row['semantics'], row['formulation'], timing,
+      row['relative_error'])
+
+
+def format_table(rows: list[dict]) -> str:
+  header = '%-34s %-16s %-8s %-8s %-15s %9s %8s %9s %7s %8s' % (
+      'shape', 'mode', 'precision', 'semantics', 'formulation', 'ms', 'TFLOP/s', 'dense ms',
+      'of dense', 'rel err')
+  return '\n'.join([header] + [format_row(row) for row in rows])
+
+
+def environment() -> dict:
+  """What the numbers were measured on."""
+  device = jax.devices()[0]
+  return dict(device=device.device_kind, platform=device.platform,
+              device_count=jax.device_count(), processor=cpu_model(), jax_version=jax.__version__,
+              python=platform.python_version(),
+              date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+
+
+def cpu_model() -> str:
+  """The host CPU's model name (lscpu's), which jax's device_kind does not give on CPU."""
+  try:
+    with open('/proc/cpuinfo') as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--shapes', default=','.join(DATASET_SHAPES),
+                      help='comma-separated dataset names (%s) or BxT' % ', '.join(DATASET_SHAPES))
+  parser.add_argument('--width', type=int, default=2048, help='C = O of the affinity convolution')
+  parser.add_argument('--batch_divisor', type=int, default=1, help='divide the datasets\' B')
+  parser.add_argument('--small', action='store_true',
+                      help='CPU preset: --width=%d --batch_divisor=%d' % (SMALL_WIDTH,
+                                                                         SMALL_BATCH_DIVISOR))
+  parser.add_argument('--semantics', default=','.join(affinity.SEMANTICS))
+  parser.add_argument('--modes', default=','.join(MODES))
+  parser.add_argument('--precisions', default=','.join(PRECISIONS))
+  parser.add_argument('--formulations', default='', help='comma-separated names; empty: all')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--json_out', default='', help='write environment and rows as JSON here')
+  args = parser.parse_args(argv)
+  if args.small:
+    args.width, args.batch_divisor = SMALL_WIDTH, SMALL_BATCH_DIVISOR
+  return args
+
+
+def main(argv: list[str]) -> int:
+  """Runs, prints the table, writes JSON; exit status 1 when a formulation was rejected."""
+  args = parse_args(argv)
+  split = lambda s: [item for item in s.split(',') if item]
+  rows = run_benchmark(resolve_shapes(split(args.shapes), args.width, args.batch_divisor),
+                       split(args.semantics), split(args.modes), split(args.precisions),
+                       split(args.formulations), args.warmup, args.repeats, args.seed)
+  env = environment()
+  print('# %s (%s), jax %s, %s; median of %d runs after %d warm-up' % (
+      env['device'], env['processor'], env['jax_version'], env['date'], args.repeats, args.warmup))
+  print(format_table(rows))
+  if args.json_out:
+    with open(args.json_out, 'w') as f:
+      json.dump(dict(environment=env, arguments=vars(args), results=rows), f, indent=1)
+  return 0 if all(row['correct'] for row in rows) else 1
+
+
+if __name__ == '__main__':
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+  sys.exit(main(sys.argv[1:]))

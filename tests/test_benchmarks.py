@@ -1,0 +1,66 @@
+"""The affinity-kernel benchmark's code path at a tiny shape: no timing is asserted, only that it
+runs end to end, writes its JSON, and refuses to time a formulation that disagrees with the naive
+one."""
+
+import json
+
+import jax.numpy as jnp
+
+from backtal_jax import affinity
+from benchmarks import affinity_kernel
+
+
+def test_main_runs_at_a_tiny_shape_and_writes_json(tmp_path):
+  out = tmp_path / 'affinity.json'
+  status = affinity_kernel.main([
+      '--shapes=2x9', '--width=7', '--semantics=official', '--precisions=highest,bfloat16',
+      '--formulations=naive,fast', '--warmup=1', '--repeats=1', '--json_out=%s' % out])
+  assert status == 0
+  written = json.loads(out.read_text())
+  assert written['environment']['jax_version']
+  rows = written['results']
+  assert {(r['mode'], r['precision'], r['formulation']) for r in rows} == {
+      (mode, precision, name) for mode in affinity_kernel.MODES
+      for precision in ('highest', 'bfloat16') for name in ('naive', 'fast')}
+  assert all(r['correct'] and r['ms'] > 0 and r['fraction_of_dense'] > 0 for r in rows)
+
+
+def with_wrong_formulation(semantics):
+  """The real formulations plus 'paper' semantics passed off as 'official' (a plausible bug)."""
+  found = dict(affinity_kernel.formulations(semantics))
+  found['wrong'] = lambda x, s, k, precision: affinity.affinity_conv(x, s, k, semantics='paper')
+  return found
+
+
+def test_a_wrong_formulation_is_rejected_and_not_timed():
+  rows = affinity_kernel.run_benchmark(
+      [('tiny', (2, 9, 6))], ['official'], ['forward'], ['highest'], ['fast', 'wrong'],
+      warmup=1, repeats=1, formulations_of=with_wrong_formulation)
+  by_name = {row['formulation']: row for row in rows}
+  assert by_name['fast']['correct'] and by_name['fast']['ms'] is not None
+  assert not by_name['wrong']['correct']
+  assert by_name['wrong']['ms'] is None and by_name['wrong']['relative_error'] > 1e-2
+  assert 'REJECTED' in affinity_kernel.format_table(rows)
+
+
+def test_flops_count_the_unfolded_product_and_three_for_the_backward():
+  assert affinity_kernel.forward_flops(16, 750, 2048, 2048) == 2 * 16 * 750 * 3 * 2048 * 2048
+  assert affinity_kernel.mode_flops('forward_backward', 1, 2, 3, 4) == 3 * 2 * 1 * 2 * 9 * 4
+
+
+def test_tap_group_ranges_cover_each_tap_once_in_official_groups():
+  for channels in (1, 4, 5, 9):
+    for tap in range(affinity.KERNEL_SIZE):
+      ranges = affinity_kernel.tap_group_ranges(channels, tap)
+      assert [first for _, first, _ in ranges][0] == 0 and ranges[-1][2] == channels
+      assert all(a[2] == b[1] for a, b in zip(ranges, ranges[1:]))
+      for g, first, end in ranges:
+        assert all((3 * c + tap) // channels == g for c in range(first, end))
+
+
+def test_small_preset_and_explicit_shapes():
+  args = affinity_kernel.parse_args(['--small'])
+  shapes = dict(affinity_kernel.resolve_shapes(['thumos14', '3x5'], args.width,
+                                               args.batch_divisor))
+  assert shapes == {'thumos14': (4, 750, 256), '3x5': (3, 5, 256)}
+  assert jnp.dtype(affinity_kernel.PRECISIONS['bfloat16'][0]) == jnp.bfloat16
