@@ -9,6 +9,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from backtal_jax import logs
 from backtal_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
@@ -23,6 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logs.quiet_library_logs()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
