@@ -66,6 +66,16 @@ def test_official_pth_file(tmp_path, nested):
     np.testing.assert_array_equal(ours, ref)
 
 
+def test_restore_params_reads_official_pth_files(tmp_path):
+  torch = pytest.importorskip('torch')
+  path = tmp_path / 'best.pth'
+  torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in state_dict().items()}}, path)
+  params = checkpoint.restore_params(str(path), state_like=None)
+  for ours, ref in zip(jax.tree.leaves(params), jax.tree.leaves(checkpoint.params_from_torch(
+      state_dict()))):
+    np.testing.assert_array_equal(ours, ref)
+
+
 def test_unreadable_pth_file_names_the_path(tmp_path):
   pytest.importorskip('torch')
   path = tmp_path / 'broken.pth'

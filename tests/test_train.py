@@ -56,6 +56,12 @@ def test_two_epochs_end_to_end(tmp_path, testbed):
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params_of(state)))
 
+  config = debug_config()
+  config.data.features_root = testbed
+  config.eval.only = True
+  summary = train.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
+  np.testing.assert_allclose(summary['mAP'], results['mAP'], rtol=0, atol=1e-12)
+
 
 @pytest.mark.slow
 def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed):
