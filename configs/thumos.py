@@ -153,10 +153,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f'configs/thumos.py: unknown variant {arg!r}; known: {sorted(VARIANTS)}')
   config = ml_collections.ConfigDict()
-  config.model = get_model_config()
-  config.loss = get_loss_config()
-  config.data = get_data_config()
-  config.eval = get_eval_config()
-  config.train = get_train_config()
+  config.model = get_model_config()  # the network
+  config.loss = get_loss_config()  # loss weights and thresholds
+  config.data = get_data_config()  # features and batches
+  config.eval = get_eval_config()  # post-processing and mAP
+  config.train = get_train_config()  # optimisation and the loop
   VARIANTS[arg](config)
   return config
