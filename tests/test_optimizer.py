@@ -1,5 +1,6 @@
 """The official optimiser: torch.optim.Adam with weight_decay, i.e. L2 coupled into the gradient."""
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -28,12 +29,13 @@ def test_official_adam_matches_the_hand_computation():
   param = rng.normal(size=(5,)).astype(np.float64)
   grads = [rng.normal(size=(5,)) for _ in range(4)]
   tx = optimizer.official_adam(config)
-  ours, state = jnp.asarray(param), tx.init(jnp.asarray(param))
-  for g in grads:
-    updates, state = tx.update(jnp.asarray(g), state, ours)
-    ours = optax.apply_updates(ours, updates)
+  with jax.enable_x64(True):
+    ours, state = jnp.asarray(param), tx.init(jnp.asarray(param))
+    for g in grads:
+      updates, state = tx.update(jnp.asarray(g), state, ours)
+      ours = optax.apply_updates(ours, updates)
   expected = torch_adam_by_hand(param, grads, 1e-2, 0.9, 0.999, 1e-8, 5e-4)
-  np.testing.assert_allclose(ours, expected, rtol=1e-6)
+  np.testing.assert_allclose(ours, expected, rtol=1e-12)
   decoupled = torch_adam_by_hand(param, grads, 1e-2, 0.9, 0.999, 1e-8, 0.0) * (1 - 1e-2 * 5e-4)
   assert not np.allclose(expected, decoupled, rtol=1e-9)  # coupled L2 is not AdamW
 
