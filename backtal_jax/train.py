@@ -300,15 +300,17 @@ def _train_loop(run: Run) -> TrainState:
   data_sharding = sharding.batch_sharding(run.mesh)
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.train.num_epochs * steps_per_epoch
-  started, first_step = time.monotonic(), int(state.step)
+  first_step = int(state.step)  # the one sync with the device; the loop counts on the host
+  started = time.monotonic()
   epoch_metrics: list[dict] = []
+  guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
   try:
     with Preemption() as preemption:
-      while int(state.step) < total_steps:
+      for step in range(first_step + 1, total_steps + 1):
         batch = sharding.to_global_batch(next(loader), data_sharding)
-        state, metrics = step_fn(state, batch)
+        with jax.transfer_guard(guard):
+          state, metrics = step_fn(state, batch)
         epoch_metrics.append(metrics)
-        step = int(state.step)
         end_of_epoch = step % steps_per_epoch == 0
         if step % config.train.log_every_steps == 0 or end_of_epoch:
           means = mean_metrics(epoch_metrics[-config.train.log_every_steps:])

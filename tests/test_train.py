@@ -156,3 +156,21 @@ def test_config_typo_on_the_command_line_is_an_error(tmp_path):
   assert result.returncode != 0
   assert 'nmu_epochs' in result.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_train_step_makes_no_implicit_host_device_copies(testbed, tmp_path):
+  config = debug_config()
+  config.data.features_root = testbed
+  mesh = sharding.make_mesh()
+  with jax.set_mesh(mesh):
+    run_ = train.Run(config, str(tmp_path), mesh)
+    state = train.create_train_state(config, run_.model, run_.tx, mesh)
+    step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state)
+    loader = run_.data.train_loader(pipeline.DataPosition())
+    batch = sharding.to_global_batch(next(loader), sharding.batch_sharding(mesh))
+    loader.close()
+    run_.checkpoints.close()
+    with jax.transfer_guard('disallow'):
+      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch)
+  assert int(state.step) == 2 and np.isfinite(float(metrics['loss']))
