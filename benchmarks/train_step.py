@@ -7,7 +7,8 @@ background clicks per video (THUMOS14 annotation A1: median 7 per video). Rows c
 default shape (its config's batch and T), float32 and bfloat16 compute (config.model.dtype), and
 optionally the matmul precision (jax.default_matmul_precision). With `--official_repo`, PyTorch and
 a CUDA device, the official step (Network, BackTALLoss, backward, torch Adam) runs on the same
-batch in the same process.
+batch in the same process; JAX then allocates on demand instead of preallocating the GPU, so the
+must-show rows come from runs without `--official_repo`.
 
 FLOPs: 'analytic' counts the network's matmuls (forward, weight gradients, and input gradients
 where the input depends on parameters) and gives TFLOP/s; 'xla' is the compiled step's
@@ -253,7 +254,8 @@ def official_inputs(host_batch: dict):
   """The host batch in the official layout on the GPU: features [B, F, T], labels, clicks."""
   import torch  # pylint: disable=g-import-not-at-top
   features_BxFxT = np.ascontiguousarray(np.swapaxes(host_batch['features'], 1, 2))
-  return (torch.from_numpy(features_BxFxT).cuda(), torch.from_numpy(host_batch['video_labels']).cuda(),
+  return (torch.from_numpy(features_BxFxT).cuda(),
+          torch.from_numpy(host_batch['video_labels']).cuda(),
           torch.from_numpy(host_batch['click_labels']).long().cuda())
 
 
@@ -344,6 +346,12 @@ def format_table(rows: list[dict]) -> str:
   return '\n'.join([header] + [format_row(row) for row in rows])
 
 
+def share_gpu_with_torch() -> None:
+  """Stops JAX from preallocating 75% of the GPU, which would leave the official step in the same
+  process without memory. Takes effect only before JAX's first use of the device, as in main."""
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--shapes', default=','.join(affinity_kernel.DATASET_SHAPES),
@@ -378,10 +386,12 @@ def main(argv: list[str]) -> int:
   split = lambda s: [item for item in s.split(',') if item]
   if args.official_repo:
     check_official_repo(args.official_repo)
+    share_gpu_with_torch()
   shapes = affinity_kernel.resolve_shapes(split(args.shapes), args.width, args.batch_divisor)
   rows = run_benchmark(shapes, split(args.dtypes), split(args.precisions), args.warmup,
                        args.repeats, args.seed, args.official_repo)
   env = affinity_kernel.environment()
+  env['xla_python_client_preallocate'] = os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', '')
   print('# %s (%s, %d devices), jax %s, %s; median of %d steps after compile + %d warm-up' % (
       env['device'], env['processor'], env['device_count'], env['jax_version'], env['date'],
       args.repeats, args.warmup))
