@@ -1,0 +1,110 @@
+"""Two local processes under `jax.distributed` (127.0.0.1, CPU devices, gloo collectives) against
+one process: the same losses, disjoint shares of each batch, shared checkpoints, gathered
+detections."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import distributed_worker
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_PROCESSES = 2
+LOCAL_DEVICES = 2  # 2 x 2 devices, the 4 of the single-process reference (conftest)
+TIMEOUT_S = 300
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_processes(testbed: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path) -> list[dict]:
+  """Starts the workers, waits for all of them (bounded), kills every one on any failure."""
+  port = free_port()
+  env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={LOCAL_DEVICES}'}
+  workers = []
+  try:
+    for i in range(NUM_PROCESSES):
+      command = [sys.executable, '-m', 'tests.distributed_worker', f'--process_id={i}',
+                 f'--num_processes={NUM_PROCESSES}', f'--port={port}', f'--testbed={testbed}',
+                 f'--workdir={workdir}', f'--out={out / f"{i}.json"}']
+      log = open(out / f'{i}.log', 'w')
+      workers.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    for process, _ in workers:
+      process.wait(timeout=TIMEOUT_S)
+  finally:
+    for process, log in workers:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+      log.close()
+  failed = [i for i, (process, _) in enumerate(workers) if process.returncode != 0]
+  assert not failed, '\n'.join(f'--- process {i} (rc {workers[i][0].returncode}):\n'
+                               + (out / f'{i}.log').read_text()[-4000:] for i in failed)
+  return [json.loads((out / f'{i}.json').read_text()) for i in range(NUM_PROCESSES)]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """The two-process results, then the single-process reference on the testbed they built."""
+  root = tmp_path_factory.mktemp('distributed')
+  testbed = root / 'testbed'  # built by process 0 behind a barrier
+  out = root / 'out'
+  out.mkdir()
+  hosts = run_processes(testbed, root / 'workdir', out)
+  single = distributed_worker.run_steps(str(testbed), str(root / 'single'))
+  return hosts, single
+
+
+def test_workers_are_two_processes_of_two_devices(runs):
+  hosts, _ = runs
+  assert [h['process_index'] for h in hosts] == list(range(NUM_PROCESSES))
+  assert all(h['local_devices'] == LOCAL_DEVICES for h in hosts)
+
+
+def test_losses_equal_a_single_process(runs):
+  hosts, single = runs
+  assert len(single['losses']) == distributed_worker.NUM_STEPS
+  for host in hosts:
+    np.testing.assert_allclose(host['losses'], single['losses'], rtol=1e-6, atol=1e-6)
+
+
+def test_hosts_read_disjoint_shares_of_the_global_batch(runs):
+  hosts, single = runs
+  for step, global_indices in enumerate(single['indices']):
+    shares = [h['indices'][step] for h in hosts]
+    assert all(len(share) == len(global_indices) // NUM_PROCESSES for share in shares)
+    assert not set(shares[0]) & set(shares[1])
+    assert sum(shares, []) == global_indices  # process i holds rows [i B/P, (i+1) B/P)
+
+
+def test_checkpoint_saved_by_all_hosts_restores_on_each(runs):
+  hosts, _ = runs
+  for host in hosts:
+    assert host['restored_step'] == distributed_worker.NUM_STEPS
+    assert host['restored_position'] == {'epoch': 0, 'step': distributed_worker.NUM_STEPS}
+    assert host['restored_difference'] == 0.0
+
+
+def test_every_host_gathers_all_detections(runs):
+  hosts, single = runs
+  assert len(single['detections']) == 8  # every test video of the debug testbed
+  assert any(single['detections'].values())
+  for host in hosts:
+    assert host['detections'] == single['detections']
+
+
+def test_a_preemption_seen_by_one_host_stops_all(runs):
+  hosts, single = runs
+  assert single['any_process'] == [False, False]
+  assert all(host['any_process'] == [True, False] for host in hosts)
