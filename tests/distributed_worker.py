@@ -1,11 +1,12 @@
 """One process of the two-process `jax.distributed` test (tests/test_distributed.py).
 
   python -m tests.distributed_worker --process_id=0 --num_processes=2 --port=12345 \
-      --testbed=DIR --workdir=DIR --out=FILE
+      --testbed=DIR --workdir=DIR --out=FILE [--train]
 
 Runs two training steps of configs/thumos.py:debug through the real code path, saves and restores
 a checkpoint, and detects the test split; writes what it saw to --out as JSON. The test runs the
-same `run_steps` in its own process as the single-process reference.
+same `run_steps` in its own process as the single-process reference. With --train it runs
+`train.train_and_evaluate` on the debug config instead.
 """
 
 import argparse
@@ -70,6 +71,14 @@ def run_steps(testbed: str, workdir: str) -> dict:
           'restored_difference': largest_difference(restored.params, state.params)}
 
 
+def train_debug(testbed: str, workdir: str) -> dict:
+  """The whole loop: epochs, evaluations, checkpoints, the final report."""
+  config = thumos.get_config('debug')
+  config.data.features_root = testbed
+  state = train.train_and_evaluate(config, workdir)
+  return {'step': int(state.step)}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--process_id', type=int, required=True)
@@ -78,12 +87,13 @@ def main():
   parser.add_argument('--testbed', required=True)
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--out', required=True)
+  parser.add_argument('--train', action='store_true')
   args = parser.parse_args()
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
                              num_processes=args.num_processes, process_id=args.process_id,
                              initialization_timeout=120)
-  result = run_steps(args.testbed, args.workdir)
+  result = (train_debug if args.train else run_steps)(args.testbed, args.workdir)
   result['process_index'] = jax.process_index()
   result['local_devices'] = jax.local_device_count()
   with open(args.out, 'w') as f:

@@ -26,7 +26,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_processes(testbed: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path) -> list[dict]:
+def run_processes(testbed: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path,
+                  *flags: str) -> list[dict]:
   """Starts the workers, waits for all of them (bounded), kills every one on any failure."""
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu',
@@ -36,7 +37,7 @@ def run_processes(testbed: pathlib.Path, workdir: pathlib.Path, out: pathlib.Pat
     for i in range(NUM_PROCESSES):
       command = [sys.executable, '-m', 'tests.distributed_worker', f'--process_id={i}',
                  f'--num_processes={NUM_PROCESSES}', f'--port={port}', f'--testbed={testbed}',
-                 f'--workdir={workdir}', f'--out={out / f"{i}.json"}']
+                 f'--workdir={workdir}', f'--out={out / f"{i}.json"}', *flags]
       log = open(out / f'{i}.log', 'w')
       workers.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
                                        stderr=subprocess.STDOUT), log))
@@ -63,24 +64,24 @@ def runs(tmp_path_factory):
   out.mkdir()
   hosts = run_processes(testbed, root / 'workdir', out)
   single = distributed_worker.run_steps(str(testbed), str(root / 'single'))
-  return hosts, single
+  return hosts, single, testbed
 
 
 def test_workers_are_two_processes_of_two_devices(runs):
-  hosts, _ = runs
+  hosts, _, _ = runs
   assert [h['process_index'] for h in hosts] == list(range(NUM_PROCESSES))
   assert all(h['local_devices'] == LOCAL_DEVICES for h in hosts)
 
 
 def test_losses_equal_a_single_process(runs):
-  hosts, single = runs
+  hosts, single, _ = runs
   assert len(single['losses']) == distributed_worker.NUM_STEPS
   for host in hosts:
     np.testing.assert_allclose(host['losses'], single['losses'], rtol=1e-6, atol=1e-6)
 
 
 def test_hosts_read_disjoint_shares_of_the_global_batch(runs):
-  hosts, single = runs
+  hosts, single, _ = runs
   for step, global_indices in enumerate(single['indices']):
     shares = [h['indices'][step] for h in hosts]
     assert all(len(share) == len(global_indices) // NUM_PROCESSES for share in shares)
@@ -89,7 +90,7 @@ def test_hosts_read_disjoint_shares_of_the_global_batch(runs):
 
 
 def test_checkpoint_saved_by_all_hosts_restores_on_each(runs):
-  hosts, _ = runs
+  hosts, _, _ = runs
   for host in hosts:
     assert host['restored_step'] == distributed_worker.NUM_STEPS
     assert host['restored_position'] == {'epoch': 0, 'step': distributed_worker.NUM_STEPS}
@@ -97,7 +98,7 @@ def test_checkpoint_saved_by_all_hosts_restores_on_each(runs):
 
 
 def test_every_host_gathers_all_detections(runs):
-  hosts, single = runs
+  hosts, single, _ = runs
   assert len(single['detections']) == 8  # every test video of the debug testbed
   assert any(single['detections'].values())
   for host in hosts:
@@ -105,6 +106,21 @@ def test_every_host_gathers_all_detections(runs):
 
 
 def test_a_preemption_seen_by_one_host_stops_all(runs):
-  hosts, single = runs
+  hosts, single, _ = runs
   assert single['any_process'] == [False, False]
   assert all(host['any_process'] == [True, False] for host in hosts)
+
+
+@pytest.mark.slow
+def test_training_loop_on_two_hosts_writes_once(runs, tmp_path):
+  _, _, testbed = runs
+  (tmp_path / 'out').mkdir()
+  workdir = tmp_path / 'workdir'
+  hosts = run_processes(testbed, workdir, tmp_path / 'out', '--train')
+  assert [h['step'] for h in hosts] == [2 * 3] * NUM_PROCESSES  # 24 videos, batch 8, 2 epochs
+  assert json.loads((workdir / 'results.json').read_text())['best_epoch'] in (1, 2)
+  for name in ('epoch_001', 'epoch_002', 'best_test'):
+    detections = json.loads((workdir / 'detections' / f'{name}.json').read_text())
+    assert len(detections['results']) == 8  # gathered from both hosts
+  assert len(list((workdir / 'tensorboard').glob('events.out.tfevents.*'))) == 1  # process 0 only
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [3, 6]
