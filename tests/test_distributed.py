@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def free_port() -> int:
 
 def run_processes(testbed: pathlib.Path, workdir: pathlib.Path, out: pathlib.Path,
                   *flags: str) -> list[dict]:
-  """Starts the workers, waits for all of them (bounded), kills every one on any failure."""
+  """Starts the workers and waits (bounded); once one fails or time is up, kills the rest, which
+  would otherwise wait on it in a collective, and shows the logs."""
   port = free_port()
   env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={LOCAL_DEVICES}'}
@@ -38,21 +40,26 @@ def run_processes(testbed: pathlib.Path, workdir: pathlib.Path, out: pathlib.Pat
       command = [sys.executable, '-m', 'tests.distributed_worker', f'--process_id={i}',
                  f'--num_processes={NUM_PROCESSES}', f'--port={port}', f'--testbed={testbed}',
                  f'--workdir={workdir}', f'--out={out / f"{i}.json"}', *flags]
-      log = open(out / f'{i}.log', 'w')
-      workers.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
-    for process, _ in workers:
-      process.wait(timeout=TIMEOUT_S)
+      with open(out / f'{i}.log', 'w') as log:
+        workers.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and not all_done_or_one_failed(workers):
+      time.sleep(0.5)
   finally:
-    for process, log in workers:
+    for process in workers:
       if process.poll() is None:
         process.kill()
         process.wait()
-      log.close()
-  failed = [i for i, (process, _) in enumerate(workers) if process.returncode != 0]
-  assert not failed, '\n'.join(f'--- process {i} (rc {workers[i][0].returncode}):\n'
+  failed = [i for i, process in enumerate(workers) if process.returncode != 0]
+  assert not failed, '\n'.join(f'--- process {i} (rc {workers[i].returncode}):\n'
                                + (out / f'{i}.log').read_text()[-4000:] for i in failed)
   return [json.loads((out / f'{i}.json').read_text()) for i in range(NUM_PROCESSES)]
+
+
+def all_done_or_one_failed(workers: list[subprocess.Popen]) -> bool:
+  codes = [process.poll() for process in workers]
+  return None not in codes or any(code for code in codes)
 
 
 @pytest.fixture(scope='module')
