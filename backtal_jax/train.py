@@ -204,6 +204,15 @@ class Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any: SIGTERM reaches hosts at different steps, and
+  a host that stopped alone would leave the others waiting in the next step's collectives."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+
+
 def mean_metrics(metrics: list[dict]) -> dict[str, float]:
   stacked = jax.device_get(metrics)
   return {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
@@ -322,7 +331,7 @@ def _train_loop(run: Run) -> TrainState:
                     rate)
           epoch_metrics = []
           history = finish_epoch(run, state, loader.position, history, eval_fn)
-        if preemption.requested:
+        if any_process(preemption.requested):
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
                                          'history': history})

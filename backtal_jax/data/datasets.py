@@ -99,23 +99,35 @@ class Supervised:
 
 
 def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
-  """Builds the semi-synthetic testbed once (a marker records the settings it was built with)."""
+  """Builds the semi-synthetic testbed once per filesystem.
+
+  Process 0 builds first and the others wait at a barrier, then check for themselves: on a shared
+  filesystem they find it built; on a host's own disk they build the same (seeded) copy. Every
+  process reaches the barrier, so none pairs it with another collective.
+  """
   root = epath.Path(config.data.features_root or epath.Path(workdir) / 'synthetic_data')
-  marker = root / 'COMPLETE.json'
-  settings = config.data.synthetic.to_dict()
-  if marker.exists() and json.loads(marker.read_text()) == settings:
-    return root
-  if marker.exists():
-    raise ValueError(f'{root} holds a testbed built with other settings ({marker}); remove it or '
-                     'point config.data.features_root elsewhere.')
   if jax.process_index() == 0:
-    logging.info('Building the semi-synthetic testbed in %s', root)
-    synthetic.build(config.data.synthetic, root, progress=True)
-    marker.write_text(json.dumps(settings))
+    _build_once(config.data.synthetic, root)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('synthetic testbed built')
+    if jax.process_index() != 0:
+      _build_once(config.data.synthetic, root)
   return root
+
+
+def _build_once(synthetic_config: ml_collections.ConfigDict, root: epath.Path) -> None:
+  """Builds the testbed under `root` unless a marker says it is there with these settings."""
+  marker = root / 'COMPLETE.json'
+  settings = synthetic_config.to_dict()
+  if marker.exists() and json.loads(marker.read_text()) == settings:
+    return
+  if marker.exists():
+    raise ValueError(f'{root} holds a testbed built with other settings ({marker}); remove it or '
+                     'point config.data.features_root elsewhere.')
+  logging.info('Building the semi-synthetic testbed in %s', root)
+  synthetic.build(synthetic_config, root, progress=True)
+  marker.write_text(json.dumps(settings))
 
 
 def _open(config, root, split, *, train):

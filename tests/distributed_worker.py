@@ -1,0 +1,105 @@
+"""One process of the two-process `jax.distributed` test (tests/test_distributed.py).
+
+  python -m tests.distributed_worker --process_id=0 --num_processes=2 --port=12345 \
+      --testbed=DIR --workdir=DIR --out=FILE [--train]
+
+Runs two training steps of configs/thumos.py:debug through the real code path, saves and restores
+a checkpoint, and detects the test split; writes what it saw to --out as JSON. The test runs the
+same `run_steps` in its own process as the single-process reference. With --train it runs
+`train.train_and_evaluate` on the debug config instead.
+"""
+
+import argparse
+import json
+
+import jax
+import numpy as np
+
+from backtal_jax import sharding
+from backtal_jax import train
+from backtal_jax.data import pipeline
+from configs import thumos
+
+NUM_STEPS = 2
+
+
+def debug_config(testbed: str):
+  """The debug config; every class confident, so that evaluation yields detections to compare."""
+  config = thumos.get_config('debug')
+  config.data.features_root = testbed
+  config.eval.class_score_thresh = 0.0
+  return config
+
+
+def largest_difference(tree_a, tree_b) -> float:
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       jax.device_get(tree_a), jax.device_get(tree_b))
+  return max(jax.tree.leaves(diffs))
+
+
+def run_steps(testbed: str, workdir: str) -> dict:
+  """Losses and indices of NUM_STEPS steps, a checkpoint round trip, and the test detections.
+
+  Detections use the initial parameters, bit-identical in every layout, so that the gathered
+  detections can be compared exactly (trained ones differ by the all-reduce's rounding).
+  """
+  config = debug_config(testbed)
+  mesh = sharding.make_mesh()
+  with jax.set_mesh(mesh):
+    run = train.Run(config, workdir, mesh)
+    state = train.create_train_state(config, run.model, run.tx, mesh)
+    step_fn = train.jit_train_step(run.model, run.tx, config, mesh, state)
+    loader = run.data.train_loader(pipeline.DataPosition())
+    losses, indices = [], []
+    for _ in range(NUM_STEPS):
+      local = next(loader)
+      indices.append(local['index'].tolist())
+      state, metrics = step_fn(state, sharding.to_global_batch(local, sharding.batch_sharding(mesh)))
+      losses.append(float(jax.device_get(metrics['loss'])))
+    loader.close()
+    run.checkpoints.save(state, {'position': loader.position.to_dict()})
+    run.checkpoints.wait_until_finished()
+    restored, record = run.checkpoints.restore_latest(state)
+    initial = train.create_train_state(config, run.model, run.tx, mesh)
+    detections, _ = train.detect(initial.params, train.jit_eval_step(run.model, mesh),
+                                 run.data.test, config, mesh)
+    run.checkpoints.close()
+    run.writer.close()
+  return {'any_process': [train.any_process(jax.process_index() == 1), train.any_process(False)],
+          'losses': losses, 'indices': indices, 'detections': detections,
+          'restored_step': int(restored.step), 'restored_position': record['position'],
+          'restored_difference': largest_difference(restored.params, state.params)}
+
+
+def train_debug(testbed: str, workdir: str) -> dict:
+  """The whole loop: epochs, evaluations, checkpoints, the final report."""
+  config = thumos.get_config('debug')
+  config.data.features_root = testbed
+  state = train.train_and_evaluate(config, workdir)
+  return {'step': int(state.step)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument('--process_id', type=int, required=True)
+  parser.add_argument('--num_processes', type=int, required=True)
+  parser.add_argument('--port', type=int, required=True)
+  parser.add_argument('--testbed', required=True)
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--train', action='store_true')
+  args = parser.parse_args()
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
+                             num_processes=args.num_processes, process_id=args.process_id,
+                             initialization_timeout=120)
+  result = (train_debug if args.train else run_steps)(args.testbed, args.workdir)
+  result['process_index'] = jax.process_index()
+  result['local_devices'] = jax.local_device_count()
+  with open(args.out, 'w') as f:
+    json.dump(result, f)
+  jax.distributed.shutdown()
+
+
+if __name__ == '__main__':
+  main()
