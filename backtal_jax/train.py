@@ -7,6 +7,7 @@ model jitted and post-processing plus mAP on the host.
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -149,8 +151,6 @@ def gather_from_processes(detections: dict[str, list]) -> dict[str, list]:
   """Every process's detections, merged (a no-op with one process)."""
   if jax.process_count() == 1:
     return detections
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   encoded = np.frombuffer(json.dumps(detections).encode(), np.uint8)
   sizes = multihost_utils.process_allgather(np.asarray([encoded.size]))
   padded = np.zeros(int(sizes.max()), np.uint8)
@@ -209,7 +209,6 @@ def any_process(flag: bool) -> bool:
   a host that stopped alone would leave the others waiting in the next step's collectives."""
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 

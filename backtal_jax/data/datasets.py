@@ -12,6 +12,7 @@ from typing import Any
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -109,7 +110,6 @@ def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Pat
   if jax.process_index() == 0:
     _build_once(config.data.synthetic, root)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('synthetic testbed built')
     if jax.process_index() != 0:
       _build_once(config.data.synthetic, root)
