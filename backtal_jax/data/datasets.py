@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from backtal_jax import reporting
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import pipeline
@@ -127,7 +128,7 @@ def _build_once(synthetic_config: ml_collections.ConfigDict, root: epath.Path) -
                      'point config.data.features_root elsewhere.')
   logging.info('Building the semi-synthetic testbed in %s', root)
   synthetic.build(synthetic_config, root, progress=True)
-  marker.write_text(json.dumps(settings))
+  reporting.write_json_atomically(marker, settings)  # the marker appears whole or not at all
 
 
 def _open(config, root, split, *, train):
