@@ -43,9 +43,15 @@ def params_of(state):
   return jax.tree.map(np.asarray, jax.device_get(state.params))
 
 
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, testbed):
+  """Two epochs without a stop: the reference of the resume tests."""
+  return run(tmp_path_factory.mktemp('straight'), testbed, 'run')
+
+
 @pytest.mark.slow
-def test_two_epochs_end_to_end(tmp_path, testbed):
-  state, workdir = run(tmp_path, testbed, 'run')
+def test_two_epochs_end_to_end(uninterrupted, testbed):
+  state, workdir = uninterrupted
   assert int(state.step) == 2 * 3  # 24 videos, batch 8, two epochs
   results = json.loads((workdir / 'results.json').read_text())
   assert len(results['mAP']) == 9 and results['best_epoch'] in (1, 2)
@@ -64,12 +70,12 @@ def test_two_epochs_end_to_end(tmp_path, testbed):
 
 
 @pytest.mark.slow
-def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed):
-  uninterrupted, _ = run(tmp_path, testbed, 'straight')
+def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed, uninterrupted):
+  reference, _ = uninterrupted
   run(tmp_path, testbed, 'stopped', num_epochs=1)
   resumed, _ = run(tmp_path, testbed, 'stopped')
-  assert int(resumed.step) == int(uninterrupted.step)
-  for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(uninterrupted))):
+  assert int(resumed.step) == int(reference.step)
+  for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference))):
     np.testing.assert_array_equal(ours, ref)
 
 
@@ -92,8 +98,9 @@ class PreemptedAfter:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, monkeypatch):
-  uninterrupted, _ = run(tmp_path, testbed, 'straight')
+def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, uninterrupted,
+                                                            monkeypatch):
+  reference, _ = uninterrupted
   monkeypatch.setattr(train, 'Preemption', lambda: PreemptedAfter(steps=4))
   stopped, workdir = run(tmp_path, testbed, 'preempted')
   assert int(stopped.step) == 4
@@ -103,7 +110,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, 
   assert pipeline.DataPosition.from_dict(record['position']) == pipeline.DataPosition(1, 1)
   monkeypatch.undo()
   resumed, _ = run(tmp_path, testbed, 'preempted')
-  for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(uninterrupted))):
+  for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference))):
     np.testing.assert_array_equal(ours, ref)
 
 
