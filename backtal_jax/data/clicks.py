@@ -19,7 +19,6 @@ Run `python -m backtal_jax.data.clicks --stats` for per-annotator statistics.
 import csv
 import dataclasses
 import logging
-import os
 import pathlib
 from typing import Mapping, Sequence
 
