@@ -89,7 +89,8 @@ def _official_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
     taps_TxKG = jnp.concatenate([_shift(x_TxG, k - 1) for k in range(KERNEL_SIZE)], axis=-1)
     kernel_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
     kernel_KGxO = kernel_KxGxO.reshape(-1, kernel_KxCxO.shape[-1])
-    out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * jnp.dot(taps_TxKG, kernel_KGxO, precision=precision)
+    group_TxO = jnp.dot(taps_TxKG, kernel_KGxO, precision=precision)
+    out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * group_TxO
   return out_TxO
 
 

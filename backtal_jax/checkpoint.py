@@ -62,16 +62,19 @@ def _shape_problems(weights: Mapping[str, np.ndarray]) -> list[str]:
   for prefix, (_, kernel_size, has_bias) in _LAYERS.items():
     weight = weights[prefix + '.weight']
     if weight.ndim != 3 or weight.shape[2] != kernel_size:
-      problems.append(f'{prefix}.weight has shape {weight.shape}, expected [out, in, {kernel_size}]')
+      problems.append(f'{prefix}.weight has shape {weight.shape}, expected '
+                      f'[out, in, {kernel_size}]')
     elif has_bias and weights[prefix + '.bias'].shape != (weight.shape[0],):
       problems.append(f'{prefix}.bias has shape {weights[prefix + ".bias"].shape}, expected '
                       f'({weight.shape[0]},)')
   if problems:
     return problems
   for producer, consumer in _CHAINED:
-    out_width, in_width = weights[producer + '.weight'].shape[0], weights[consumer + '.weight'].shape[1]
+    out_width = weights[producer + '.weight'].shape[0]
+    in_width = weights[consumer + '.weight'].shape[1]
     if out_width != in_width:
-      problems.append(f'{consumer}.weight reads {in_width} channels but {producer} gives {out_width}')
+      problems.append(f'{consumer}.weight reads {in_width} channels but {producer} gives '
+                      f'{out_width}')
   feature_widths = {name: weights[name + '.weight'].shape[1] for name in _FEATURE_READERS}
   if len(set(feature_widths.values())) > 1:
     problems.append(f'layers disagree on the feature width: {feature_widths}')

@@ -32,7 +32,8 @@ def define_flags():
                              'both/official', 'background/paper'],
                     'supervision/affinity pairs, in the order they are trained.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds (init, dropout, data order).')
-  flags.DEFINE_list('set', [], 'Extra config overrides, key=value (e.g. eval.class_score_thresh=0.25).')
+  flags.DEFINE_list('set', [],
+                    'Extra config overrides, key=value (e.g. eval.class_score_thresh=0.25).')
   flags.DEFINE_string('markdown', '', 'Write the table here as well.')
 
 

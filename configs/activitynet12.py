@@ -25,7 +25,8 @@ VARIANTS = {'': lambda config: None, 'synthetic': use_synthetic}
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """ActivityNet1.2 config: THUMOS14's with the official ActivityNet1.2 overrides."""
   if arg not in VARIANTS:
-    raise ValueError(f'configs/activitynet12.py: unknown variant {arg!r}; known: {sorted(VARIANTS)}')
+    raise ValueError(f'configs/activitynet12.py: unknown variant {arg!r}; '
+                     f'known: {sorted(VARIANTS)}')
   config = thumos.get_config()
   config.model.num_classes = 100  # ActivityNet1.2 action classes
   config.model.topk_ratio = 0.6  # TOPK_K_R

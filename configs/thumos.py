@@ -36,7 +36,7 @@ def get_loss_config() -> ml_collections.ConfigDict:
   loss.click_weight = 1.0  # weight of the click cross-entropy on cas_base
   loss.separation_weight = 1.0  # weight of the score separation term (C_LOSS_TOPK_BG)
   loss.affinity_weight = 0.8  # weight of the embedding hinge loss (C_LOSS_EMBEDDING)
-  loss.separation_fg = 'video_score'  # fg score: 'video_score' (THUMOS14) or 'own_topk' (ActivityNet/HACS)
+  loss.separation_fg = 'video_score'  # 'video_score' (THUMOS14) or 'own_topk' (ActivityNet, HACS)
   loss.separation_topk_ratio = 0.125  # top-k ratio of the 'own_topk' fg score (TOPK_K_R_FOR_LOSS)
   loss.similar_min = 0.5  # fg-fg and bg-bg cosine similarity must reach this (TH_SIMILAR_MIN)
   loss.different_max = 0.1  # fg-bg cosine similarity must stay below this (TH_DIFFERENT_MAX)

@@ -54,7 +54,8 @@ def run_steps(testbed: str, workdir: str) -> dict:
     for _ in range(NUM_STEPS):
       local = next(loader)
       indices.append(local['index'].tolist())
-      state, metrics = step_fn(state, sharding.to_global_batch(local, sharding.batch_sharding(mesh)))
+      batch = sharding.to_global_batch(local, sharding.batch_sharding(mesh))
+      state, metrics = step_fn(state, batch)
       losses.append(float(jax.device_get(metrics['loss'])))
     loader.close()
     run.checkpoints.save(state, {'position': loader.position.to_dict()})

@@ -28,7 +28,8 @@ def test_module_prefix_and_torch_tensors_are_accepted():
   torch = pytest.importorskip('torch')
   plain = checkpoint.params_from_torch(state_dict())
   wrapped = {f'module.{k}': torch.from_numpy(v) for k, v in state_dict().items()}
-  for ours, ref in zip(jax.tree.leaves(checkpoint.params_from_torch(wrapped)), jax.tree.leaves(plain)):
+  ours_leaves = jax.tree.leaves(checkpoint.params_from_torch(wrapped))
+  for ours, ref in zip(ours_leaves, jax.tree.leaves(plain)):
     np.testing.assert_array_equal(ours, ref)
 
 

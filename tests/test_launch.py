@@ -263,7 +263,8 @@ def test_tpu_missing_setting_is_a_clear_error(standins, args, missing):
 def test_tpu_settings_from_the_environment(standins):
   """Name and zone can come from TPU_NAME and TPU_ZONE instead of flags."""
   env, calls = standins
-  r = run(TPU_VM, 'delete', env=env, extra_env={'TPU_NAME': 'env-tpu', 'TPU_ZONE': 'europe-west4-a'})
+  r = run(TPU_VM, 'delete', env=env,
+          extra_env={'TPU_NAME': 'env-tpu', 'TPU_ZONE': 'europe-west4-a'})
   assert r.returncode == 0, r.stderr
   (argv,) = calls('gcloud')
   assert 'env-tpu' in argv and flag(argv, 'zone') == 'europe-west4-a'

@@ -53,7 +53,8 @@ def test_matches_official(name, dtype):
   errors = {}
   for key in OUTPUTS:
     ref = fixture[f'output/{key}']
-    errors[key] = relative_error(outputs[key], ref if ref.ndim == 2 else reference.channels_last(ref))
+    ref_BxTxC = ref if ref.ndim == 2 else reference.channels_last(ref)
+    errors[key] = relative_error(outputs[key], ref_BxTxC)
   errors['eval/feature_supp_1'] = relative_error(
       outputs.feature_supp_1, reference.channels_last(fixture['eval/feature_supp_1']))
   errors['eval/score_supp_softmax'] = relative_error(
