@@ -320,7 +320,9 @@ def _train_loop(run: Run) -> TrainState:
           state, metrics = step_fn(state, batch)
         epoch_metrics.append(metrics)
         end_of_epoch = step % steps_per_epoch == 0
-        if step % config.train.log_every_steps == 0 or end_of_epoch:
+        # Host syncs (metrics, the cross-host SIGTERM vote) only here, so steps dispatch ahead.
+        sync_point = step % config.train.log_every_steps == 0 or end_of_epoch
+        if sync_point:
           means = mean_metrics(epoch_metrics[-config.train.log_every_steps:])
           check_finite(means, step, run.workdir, run.checkpoints)
           run.writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
@@ -330,7 +332,7 @@ def _train_loop(run: Run) -> TrainState:
                     rate)
           epoch_metrics = []
           history = finish_epoch(run, state, loader.position, history, eval_fn)
-        if any_process(preemption.requested):
+        if sync_point and any_process(preemption.requested):
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
                                          'history': history})

@@ -80,10 +80,12 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed, uninterrupte
 
 
 class PreemptedAfter:
-  """Stands in for train.Preemption: reports a SIGTERM once `steps` steps have run."""
+  """Stands in for train.Preemption: reports a SIGTERM from the `checks`-th look on. The loop looks
+  at its sync points only; in the debug config (3 steps an epoch, logging every 2) those are steps
+  2, 3, 4 and 6, so checks=3 stops mid-epoch, at step 4."""
 
-  def __init__(self, steps):
-    self.steps, self.calls = steps, 0
+  def __init__(self, checks):
+    self.checks, self.calls = checks, 0
 
   def __enter__(self):
     return self
@@ -94,14 +96,14 @@ class PreemptedAfter:
   @property
   def requested(self):
     self.calls += 1
-    return self.calls >= self.steps
+    return self.calls >= self.checks
 
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, uninterrupted,
                                                             monkeypatch):
   reference, _ = uninterrupted
-  monkeypatch.setattr(train, 'Preemption', lambda: PreemptedAfter(steps=4))
+  monkeypatch.setattr(train, 'Preemption', lambda: PreemptedAfter(checks=3))
   stopped, workdir = run(tmp_path, testbed, 'preempted')
   assert int(stopped.step) == 4
   manager = checkpoint.Checkpoints(str(workdir))
