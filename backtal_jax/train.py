@@ -126,10 +126,8 @@ def detect(params, eval_fn, split: datasets.EvalSplit, config, mesh, keep_cas: i
   """Detections of every video of `split`, gathered from all processes, and the raw CAS of the
   first `keep_cas` videos this process read (for plots)."""
   detections, kept_cas = {}, {}
-  spec = pipeline.BatchSpec(config.data.num_segments, config.model.feat_dim,
-                            config.model.num_classes)
   for batch, metadata in pipeline.eval_batches(
-      split.source, global_batch_size=config.eval.batch_size, spec=spec,
+      split.source, global_batch_size=config.eval.batch_size, spec=datasets.batch_spec(config),
       prefetch=config.data.prefetch, process_index=jax.process_index(),
       process_count=jax.process_count()):
     features = sharding.to_global_batch({'features': batch['features']},
@@ -247,6 +245,12 @@ class Run:
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
 
+  def close(self) -> None:
+    """Waits for pending checkpoint writes, then releases the managers and the event file."""
+    self.checkpoints.wait_until_finished()
+    self.checkpoints.close()
+    self.writer.close()
+
   def evaluate(self, params, eval_fn, split: datasets.EvalSplit, tag: str, plots: int = 0) -> dict:
     """mAP of `params` on `split`; detections JSON and `plots` PNGs under workdir (process 0)."""
     started = time.monotonic()
@@ -284,9 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     try:
       return _train_loop(run)
     finally:
-      run.checkpoints.wait_until_finished()
-      run.checkpoints.close()
-      run.writer.close()
+      run.close()
 
 
 def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]:
@@ -397,11 +399,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = sharding.make_mesh()
   with jax.set_mesh(mesh):
     run = Run(config, workdir, mesh)
-    state = create_train_state(config, run.model, run.tx, run.mesh)
-    source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
-    params = checkpoint.restore_params(source, state)
-    params = jax.device_put(params, sharding.replicated_sharding(run.mesh))
-    summary = run.evaluate(params, jit_eval_step(run.model, run.mesh), run.data.test, 'evaluation')
-    run.checkpoints.close()
-    run.writer.close()
-    return summary
+    try:
+      state = create_train_state(config, run.model, run.tx, run.mesh)
+      source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
+      params = checkpoint.restore_params(source, state)
+      params = jax.device_put(params, sharding.replicated_sharding(run.mesh))
+      return run.evaluate(params, jit_eval_step(run.model, run.mesh), run.data.test, 'evaluation')
+    finally:
+      run.close()

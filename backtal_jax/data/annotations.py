@@ -46,6 +46,10 @@ class Video:
   fps: float
   instances: tuple[Instance, ...]
 
+  def frame_num(self, frames_per_snippet: int) -> int:
+    """The official test files' `frame_num`: the video's 16-frame I3D snippets, not its frames."""
+    return round(self.duration * self.fps / frames_per_snippet)
+
   @property
   def labels(self) -> tuple[int, ...]:
     """The video-level labels: the sorted distinct classes of its instances."""

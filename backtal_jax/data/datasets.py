@@ -63,7 +63,7 @@ class WithGroundTruthMetadata:
   def __getitem__(self, index: int) -> dict:
     example = dict(self.source[index])
     video = self.ground_truth.videos[example['vid_name']]
-    example['frame_num'] = np.int64(round(video.duration * video.fps / self.frames_per_snippet))
+    example['frame_num'] = np.int64(video.frame_num(self.frames_per_snippet))
     example['fps'] = np.float64(video.fps)
     example['duration'] = np.float64(video.duration)
     return example
@@ -166,6 +166,12 @@ def heldout_ground_truth_json(ground_truth_path, names: list[str]) -> dict:
   return raw
 
 
+def batch_spec(config: ml_collections.ConfigDict) -> pipeline.BatchSpec:
+  """The static per-example shapes of training and evaluation batches."""
+  return pipeline.BatchSpec(config.data.num_segments, config.data.feature_dim,
+                            config.model.num_classes)
+
+
 @dataclasses.dataclass
 class Datasets:
   """Sources of one run and the loader factory."""
@@ -178,8 +184,7 @@ class Datasets:
     config = self.config
     return pipeline.TrainLoader(
         self.train, global_batch_size=config.train.batch_size,
-        spec=pipeline.BatchSpec(config.data.num_segments, config.data.feature_dim,
-                                config.model.num_classes),
+        spec=batch_spec(config),
         seed=config.data.shuffle_seed, start=start, prefetch=config.data.prefetch,
         process_index=jax.process_index(), process_count=jax.process_count())
 

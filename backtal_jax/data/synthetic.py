@@ -288,8 +288,7 @@ def build(config: ml_collections.ConfigDict, out_dir: str | os.PathLike,
     if split == spec.train_split:
       arrays['point_label'] = point_labels[video.name]
     else:
-      arrays['frame_num'] = np.array(
-          round(video.duration * video.fps / config.frames_per_snippet), np.int64)
+      arrays['frame_num'] = np.array(video.frame_num(config.frames_per_snippet), np.int64)
       arrays['fps'] = np.array(video.fps, np.float64)
       arrays['duration'] = np.array(video.duration, np.float64)
     path = pathlib.Path(out_dir) / split / f'{video.name}.npz'
