@@ -44,13 +44,26 @@ def study_config(supervision: str, affinity: str, seed: int, overrides: Sequence
   config.train.seed = seed
   config.data.shuffle_seed = seed
   for item in overrides:
-    key, value = item.split('=', 1)
-    group, field = key.rsplit('.', 1)
-    target = config
-    for part in group.split('.'):
-      target = target[part]
-    target[field] = type(target[field])(value)
+    apply_override(config, item)
   return config
+
+
+def apply_override(config, item: str) -> None:
+  """Sets `group.field=value`, parsed as the field's current type; unknown fields are errors."""
+  key, sep, text = item.partition('=')
+  group, _, field = key.rpartition('.')
+  target = config
+  for part in filter(None, group.split('.')):
+    target = target[part]
+  if not sep or field not in target:
+    raise KeyError(f'--set {item!r}: expected group.field=value naming an existing config field')
+  current = target[field]
+  if isinstance(current, bool):
+    if text.lower() not in ('true', 'false'):
+      raise ValueError(f'--set {item!r}: {key} is a bool, give true or false')
+    target[field] = text.lower() == 'true'
+  else:
+    target[field] = type(current)(text)
 
 
 def run_one(root: pathlib.Path, supervision: str, affinity: str, seed: int,
