@@ -8,9 +8,9 @@ respect to x, similarity and kernel) and compared with a dense [B*T, 3C] x [3C, 
 in the same run at the same precision.
 
 GPU (full shapes, all datasets):
-  PYTHONPATH=. python benchmarks/affinity_kernel.py --json_out=affinity_gpu.json
+  python -m benchmarks.affinity_kernel --json_out=affinity_gpu.json
 CPU (width 256, batch / 4):
-  PYTHONPATH=. python benchmarks/affinity_kernel.py --small --json_out=affinity_cpu.json
+  python -m benchmarks.affinity_kernel --small --json_out=affinity_cpu.json
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Seconds for post-processing plus mAP over all of THUMOS14 test and ActivityNet1.2 validation.
 
-  PYTHONPATH=. python benchmarks/eval_speed.py [--repeats=3]
+  python -m benchmarks.eval_speed [--repeats=3]
 
 Inputs resemble the official-code fixtures (../shared/fixtures/reference/postprocess_*): real
 video ids, durations and instances from the shipped ground truth; a CAS of smooth noise (std ~0.3)

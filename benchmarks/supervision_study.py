@@ -5,7 +5,7 @@ workdir under --root (a finished run is skipped, an interrupted one resumes), th
 test mAP of the best epoch (picked on the test split by mAP@0.5, as the official code) as mean and
 spread over the seeds.
 
-  PYTHONPATH=. python benchmarks/supervision_study.py --root=/tmp/study \
+  python -m benchmarks.supervision_study --root=/tmp/study \
       --runs=background/official,none/official --seeds=0,1,2 --markdown=benchmarks/STUDY.md
 """
 

@@ -16,10 +16,10 @@ where the input depends on parameters) and gives TFLOP/s; 'xla' is the compiled 
 far; n/a on CPU) and XLA's compiled footprint (arguments + outputs + temporaries - donated aliases).
 
 GPU (full shapes; the issue's must-show is the thumos14 rows):
-  PYTHONPATH=. python benchmarks/train_step.py --shapes=thumos14 --json_out=train_step_gpu.json \
+  python -m benchmarks.train_step --shapes=thumos14 --json_out=train_step_gpu.json \
       [--official_repo=/path/to/BackTAL]
 CPU (width 256, batch / 4):
-  PYTHONPATH=. python benchmarks/train_step.py --small --json_out=train_step_cpu.json
+  python -m benchmarks.train_step --small --json_out=train_step_cpu.json
 """
 
 import argparse
