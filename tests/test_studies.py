@@ -14,9 +14,9 @@ def fake_result(map_at_05: float, average: float) -> dict:
 
 
 def test_study_config_sets_the_run_and_parses_overrides_as_the_field_type():
-  config = supervision_study.study_config(
-      'none', 'paper', 2, ['data.synthetic.noise=2.5', 'data.synthetic.num_background_prototypes=32',
-                           'data.synthetic.simulated_action_clicks=false', 'eval.only=True'])
+  overrides = ['data.synthetic.noise=2.5', 'data.synthetic.num_background_prototypes=32',
+               'data.synthetic.simulated_action_clicks=false', 'eval.only=True']
+  config = supervision_study.study_config('none', 'paper', 2, overrides)
   assert (config.train.supervision, config.model.affinity) == ('none', 'paper')
   assert config.train.seed == config.data.shuffle_seed == 2
   assert config.data.synthetic.noise == 2.5
