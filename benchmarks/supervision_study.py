@@ -75,8 +75,20 @@ def run_one(root: pathlib.Path, supervision: str, affinity: str, seed: int,
     config.data.features_root = str(root / 'testbed')  # one testbed for every run
     started = time.monotonic()
     train.train_and_evaluate(config, str(workdir))
-    logging.info('%s/%s seed %d: %.0f s', supervision, affinity, seed, time.monotonic() - started)
+    logging.info('%s: trained in %.0f s', workdir, time.monotonic() - started)
   return json.loads(results.read_text())
+
+
+def map_at(result: dict, tiou: float) -> float:
+  """The mAP at `tiou` from a run's results.json."""
+  return result['mAP'][result['tiou'].index(tiou)]
+
+
+def publish(table: str, markdown: str) -> None:
+  """Prints the table and, if `markdown` names a file, writes it there too."""
+  print(table, flush=True)
+  if markdown:
+    pathlib.Path(markdown).write_text(table + '\n')
 
 
 def summarise(results: dict[str, list[dict]]) -> str:
@@ -87,7 +99,7 @@ def summarise(results: dict[str, list[dict]]) -> str:
   for name, runs in results.items():
     if not runs:
       continue
-    per_tiou = np.array([[r['mAP'][r['tiou'].index(t)] for t in TIOUS] for r in runs]) * 100
+    per_tiou = np.array([[map_at(r, t) for t in TIOUS] for r in runs]) * 100
     average = per_tiou.mean(axis=1)
     cells = [f'{m:.1f} ± {s:.1f}' for m, s in zip(per_tiou.mean(0), per_tiou.std(0))]
     lines.append(f'| {name} | {len(runs)} | ' + ' | '.join(cells) +
@@ -106,10 +118,7 @@ def main(argv):
       supervision, affinity = run.split('/')
       results.setdefault(run, []).append(
           run_one(root, supervision, affinity, seed, flags.FLAGS.set))
-      table = summarise(results)
-      print(table, flush=True)
-      if flags.FLAGS.markdown:
-        pathlib.Path(flags.FLAGS.markdown).write_text(table + '\n')
+      publish(summarise(results), flags.FLAGS.markdown)
 
 
 if __name__ == '__main__':

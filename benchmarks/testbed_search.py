@@ -11,11 +11,9 @@ in the paper's mAP@0.5 range on real features (25 to 45) and by how much they be
 """
 
 import pathlib
-import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import numpy as np
 
 from backtal_jax import logs
@@ -49,13 +47,14 @@ def define_flags():
   flags.DEFINE_string('markdown', '', 'Write the table here as well.')
 
 
-def map_at(result: dict, tiou: float) -> float:
-  return result['mAP'][result['tiou'].index(tiou)]
-
-
 def verdict(background_map: float, margin: float) -> str:
   in_range = PAPER_RANGE[0] <= background_map <= PAPER_RANGE[1]
   return 'yes' if in_range and margin >= MIN_MARGIN else 'no'
+
+
+def seed_mean(results: list[dict], value) -> float:
+  """The mean of `value(result)` over the seeds' results; NaN when the run has none."""
+  return float(np.mean([value(r) for r in results])) if results else float('nan')
 
 
 def summarise(results: dict[str, dict[str, list[dict]]]) -> str:
@@ -65,10 +64,10 @@ def summarise(results: dict[str, dict[str, list[dict]]]) -> str:
   header += [f'{run} avg 0.1:0.7' for run in runs] + ['background - none @0.5', 'meets (a), (b)']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   for setting, per_run in results.items():
-    at_05 = {run: np.mean([map_at(r, 0.5) for r in per_run.get(run, [])] or [np.nan])
+    at_05 = {run: seed_mean(per_run.get(run, []), lambda r: supervision_study.map_at(r, 0.5))
              for run in runs}
-    average = {run: np.mean([r['average_mAP']['0.1:0.7'] for r in per_run.get(run, [])]
-                            or [np.nan]) for run in runs}
+    average = {run: seed_mean(per_run.get(run, []), lambda r: r['average_mAP']['0.1:0.7'])
+               for run in runs}
     margin = at_05.get('background/official', np.nan) - at_05.get('none/official', np.nan)
     seeds = min(len(v) for v in per_run.values())
     cells = [setting, str(seeds)] + [f'{100 * at_05[run]:.1f}' for run in runs]
@@ -90,15 +89,10 @@ def main(argv):
     for seed in (int(s) for s in flags.FLAGS.seeds):
       for run in flags.FLAGS.runs:
         supervision, affinity = run.split('/')
-        started = time.monotonic()
         result = supervision_study.run_one(root / setting, supervision, affinity, seed,
                                            SETTINGS[setting])
-        logging.info('%s %s seed %d: %.0f s', setting, run, seed, time.monotonic() - started)
         results.setdefault(setting, {}).setdefault(run, []).append(result)
-    table = summarise(results)
-    print(table, flush=True)
-    if flags.FLAGS.markdown:
-      pathlib.Path(flags.FLAGS.markdown).write_text(table + '\n')
+    supervision_study.publish(summarise(results), flags.FLAGS.markdown)
 
 
 if __name__ == '__main__':
