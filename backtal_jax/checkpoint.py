@@ -206,10 +206,14 @@ def restore_params(path: str, state_like: Any) -> Any:
   (a run's workdir/best or workdir/checkpoints)."""
   if str(path).endswith('.pth'):
     return load_official_checkpoint(path)
+  if not epath.Path(path).is_dir():  # checked first: a CheckpointManager would create the folder
+    raise FileNotFoundError(f'No checkpoint folder at {path} (config.eval.checkpoint): give an '
+                            'orbax folder such as WORKDIR/best, or an official .pth file')
   manager = ocp.CheckpointManager(epath.Path(path))
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f'No orbax checkpoint under {path} (config.eval.checkpoint)')
+    manager.close()
+    raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
   state, _ = restore(manager, step, state_like)
   manager.close()
   return state.params

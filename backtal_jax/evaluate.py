@@ -40,8 +40,7 @@ def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSo
   map_T, _ = evaluation.detection_map(ground_truth, predictions, subset=subset,
                                       tiou_thresholds=thresholds)
   return {'ground_truth': ground_truth, 'predictions': predictions, 'subset': subset,
-          'tiou': list(thresholds), 'mAP': [float(m) for m in map_T],
-          'average_mAP': reporting.quoted_averages(map_T, thresholds)}
+          **reporting.summarize(map_T, thresholds)}
 
 
 def main(argv: Sequence[str]) -> None:

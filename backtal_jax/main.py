@@ -9,6 +9,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from backtal_jax import evaluator
 from backtal_jax import logs
 from backtal_jax import train
 
@@ -30,7 +31,7 @@ def main(argv):
   logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   if _CONFIG.value.eval.only:
-    train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    evaluator.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   else:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

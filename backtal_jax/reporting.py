@@ -28,6 +28,17 @@ def quoted_averages(map_T: np.ndarray, thresholds: Sequence[float]) -> dict[str,
   return averages
 
 
+def summarize(map_T: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
+  """The summary every evaluation reports: mAP per tIoU and the quoted averages."""
+  return {'tiou': list(thresholds), 'mAP': [float(m) for m in map_T],
+          'average_mAP': quoted_averages(map_T, thresholds)}
+
+
+def detections_file(detections: dict[str, list]) -> dict[str, Any]:
+  """Detections per video wrapped in the ActivityNet results format."""
+  return {'version': 'backtal_jax', 'results': detections, 'external_data': {}}
+
+
 def format_table(summary: dict[str, Any]) -> str:
   """Plain-text table, mAP in percent."""
   rows = [(f'{t:.2f}', m) for t, m in zip(summary['tiou'], summary['mAP'])]

@@ -1,68 +1,35 @@
-"""Training and evaluation of BackTAL: the train state, the sharded jitted step, the epoch loop.
+"""Training BackTAL: the sharded jitted step and the epoch loop.
 
 Parameters and optimiser state are replicated over a 1-D 'data' mesh and batches are split along
-it; the step is one `jax.jit` with explicit shardings and the state donated. Evaluation runs the
-model jitted and post-processing plus mAP on the host.
+it; the step is one `jax.jit` with explicit shardings and the state donated. Evaluation of each
+epoch goes through backtal_jax.evaluator.
 """
 
 import dataclasses
 import functools
-import json
 import signal
 import time
-from typing import Any
 
 from absl import logging
 from etils import epath
-import flax
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
 
 from backtal_jax import checkpoint
-from backtal_jax import evaluation
+from backtal_jax import evaluator
 from backtal_jax import losses
 from backtal_jax import metric_writer
 from backtal_jax import models
 from backtal_jax import optimizer
-from backtal_jax import postprocess
 from backtal_jax import reporting
 from backtal_jax import sharding
-from backtal_jax import visualize
+from backtal_jax import train_state
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
-
-
-class TrainState(flax.struct.PyTreeNode):
-  """Everything a resumed run needs besides the data position."""
-  step: jax.Array  # optimiser steps taken
-  params: Any
-  opt_state: optax.OptState
-  rng: jax.Array  # raw key data; the dropout key of step s is fold_in(rng, s)
-
-
-def make_model(config: ml_collections.ConfigDict) -> models.BackTAL:
-  return models.BackTAL(**config.model)
-
-
-def create_train_state(config: ml_collections.ConfigDict, model: models.BackTAL,
-                       tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialised state, built directly with replicated shardings (the big_vision way)."""
-  features_shape = (1, config.data.num_segments, config.model.feat_dim)
-
-  def init(rng):
-    params_rng, dropout_rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros(features_shape, jnp.float32))['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(dropout_rng))
-
-  rng = jax.random.key(config.train.seed)
-  abstract = jax.eval_shape(init, rng)
-  replicated = jax.tree.map(lambda _: sharding.replicated_sharding(mesh), abstract)
-  return jax.jit(init, out_shardings=replicated)(rng)
+from backtal_jax.train_state import TrainState
 
 
 def train_step(state: TrainState, batch: dict, *, model: models.BackTAL,
@@ -83,16 +50,6 @@ def train_step(state: TrainState, batch: dict, *, model: models.BackTAL,
   return new_state, {'loss': total, **terms}
 
 
-def eval_step(params, features_BxTxF, *, model: models.BackTAL) -> dict:
-  """What post-processing needs, reduced on the device: feature_supp_1 only through its norm."""
-  outputs = model.apply({'params': params}, features_BxTxF, deterministic=True)
-  return {
-      'cas': outputs.cas_supp.astype(jnp.float32),
-      'scores': jax.nn.softmax(outputs.score_supp.astype(jnp.float32), axis=-1),
-      'feature_norm': jnp.linalg.norm(outputs.feature_supp_1.astype(jnp.float32), axis=-1),
-  }
-
-
 def jit_train_step(model, tx, config, mesh, state: TrainState):
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   data = sharding.batch_sharding(mesh)
@@ -101,87 +58,6 @@ def jit_train_step(model, tx, config, mesh, state: TrainState):
       in_shardings=(state_shardings, data),
       out_shardings=(state_shardings, sharding.replicated_sharding(mesh)),
       donate_argnums=0)
-
-
-def jit_eval_step(model, mesh):
-  data = sharding.batch_sharding(mesh)
-  return jax.jit(functools.partial(eval_step, model=model),
-                 in_shardings=(sharding.replicated_sharding(mesh), data), out_shardings=data)
-
-
-def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded array, in order (no cross-host transfer)."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  rows, seen = [], set()
-  for shard in shards:
-    start = shard.index[0].start or 0
-    if start not in seen:
-      seen.add(start)
-      rows.append(np.asarray(shard.data))
-  return np.concatenate(rows)
-
-
-def detect(params, eval_fn, split: datasets.EvalSplit, config, mesh, keep_cas: int = 0
-           ) -> tuple[dict[str, list], dict[str, np.ndarray]]:
-  """Detections of every video of `split`, gathered from all processes, and the raw CAS of the
-  first `keep_cas` videos this process read (for plots)."""
-  detections, kept_cas = {}, {}
-  for batch, metadata in pipeline.eval_batches(
-      split.source, global_batch_size=config.eval.batch_size, spec=datasets.batch_spec(config),
-      prefetch=config.data.prefetch, process_index=jax.process_index(),
-      process_count=jax.process_count()):
-    features = sharding.to_global_batch({'features': batch['features']},
-                                        sharding.batch_sharding(mesh))['features']
-    outputs = {k: local_rows(v) for k, v in eval_fn(params, features).items()}
-    for row, video in enumerate(metadata):
-      if video is None:
-        continue
-      detections[video.vid_name] = postprocess.detect_video(
-          outputs['cas'][row], outputs['scores'][row], outputs['feature_norm'][row][:, None],
-          frame_num=video.frame_num, duration=video.duration,
-          class_names=split.ground_truth.class_names, config=config)
-      if len(kept_cas) < keep_cas:
-        kept_cas[video.vid_name] = outputs['cas'][row]
-  return gather_from_processes(detections), kept_cas
-
-
-def gather_from_processes(detections: dict[str, list]) -> dict[str, list]:
-  """Every process's detections, merged (a no-op with one process)."""
-  if jax.process_count() == 1:
-    return detections
-  encoded = np.frombuffer(json.dumps(detections).encode(), np.uint8)
-  sizes = multihost_utils.process_allgather(np.asarray([encoded.size]))
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:encoded.size] = encoded
-  gathered = multihost_utils.process_allgather(padded)
-  merged = {}
-  for size, row in zip(sizes.reshape(-1), gathered):
-    merged.update(json.loads(bytes(row[:size]).decode()))
-  return merged
-
-
-def score_detections(detections: dict, split: datasets.EvalSplit, config) -> dict:
-  """mAP per tIoU and the quoted averages; the selection metric under 'selection'."""
-  predictions = {'version': 'backtal_jax', 'results': detections, 'external_data': {}}
-  thresholds = tuple(config.eval.tiou_thresholds)
-  map_T, _ = evaluation.detection_map(split.ground_truth_json, predictions, subset=split.subset,
-                                      tiou_thresholds=thresholds)
-  summary = {'tiou': list(thresholds), 'mAP': [float(m) for m in map_T],
-             'average_mAP': reporting.quoted_averages(map_T, thresholds)}
-  summary['selection'] = selection_metric(summary, config.train.selection_metric)
-  return summary
-
-
-def selection_metric(summary: dict, name: str) -> float:
-  """'average' (mean over the scored tIoUs) or 'map@X' (mAP at tIoU X), as the official code."""
-  if name == 'average':
-    return summary['average_mAP']['all scored']
-  if name.startswith('map@'):
-    matches = np.flatnonzero(np.isclose(summary['tiou'], float(name[4:])))
-    if matches.size:
-      return summary['mAP'][int(matches[0])]
-  raise ValueError(f"config.train.selection_metric must be 'average' or 'map@X' with X among "
-                   f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
 
 
 @dataclasses.dataclass
@@ -238,45 +114,19 @@ class Run:
     self.mesh = mesh
     sharding.check_global_batch_size(config.train.batch_size)
     sharding.check_global_batch_size(config.eval.batch_size)
-    self.model = make_model(config)
+    self.model = train_state.make_model(config)
     self.tx = optimizer.official_adam(config.train)
     self.data = datasets.open_datasets(config, workdir)
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
+    self.evaluator = evaluator.Evaluator(config, self.model, mesh, workdir)
 
   def close(self) -> None:
     """Waits for pending checkpoint writes, then releases the managers and the event file."""
     self.checkpoints.wait_until_finished()
     self.checkpoints.close()
     self.writer.close()
-
-  def evaluate(self, params, eval_fn, split: datasets.EvalSplit, tag: str, plots: int = 0) -> dict:
-    """mAP of `params` on `split`; detections JSON and `plots` PNGs under workdir (process 0)."""
-    started = time.monotonic()
-    detections, kept_cas = detect(params, eval_fn, split, self.config, self.mesh, plots)
-    summary = score_detections(detections, split, self.config)
-    summary['seconds'] = time.monotonic() - started
-    if self.is_lead:
-      folder = epath.Path(self.workdir) / 'detections'
-      folder.mkdir(parents=True, exist_ok=True)
-      reporting.write_json_atomically(
-          folder / f'{tag}.json', {'version': 'backtal_jax', 'results': detections,
-                                   'external_data': {}})
-      logging.info('Evaluation %s on %s (%d videos, %.1f s):\n%s', tag, split.name,
-                   len(detections), summary['seconds'], reporting.format_table(summary))
-      self.plot(tag, split, kept_cas, detections)
-    return summary
-
-  def plot(self, tag: str, split: datasets.EvalSplit, cas_by_video: dict, detections: dict):
-    if not cas_by_video:
-      return
-    folder = epath.Path(self.workdir) / 'plots' / tag
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, cas_TxC1 in cas_by_video.items():
-      visualize.plot_video(folder / f'{name}.png', cas_TxC1, split.ground_truth.videos[name],
-                           split.ground_truth.class_names, detections[name])
-    logging.info('Plots of %d %s videos in %s', len(cas_by_video), split.name, folder)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -292,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]:
-  state = create_train_state(run.config, run.model, run.tx, run.mesh)
+  state = train_state.create_train_state(run.config, run.model, run.tx, run.mesh)
   if run.checkpoints.latest_step() is None:
     return state, pipeline.DataPosition(), {'best': -1.0, 'best_epoch': 0}
   state, record = run.checkpoints.restore_latest(state)
@@ -306,7 +156,6 @@ def _train_loop(run: Run) -> TrainState:
   state, position, history = _restore_or_init(run)
   loader = run.data.train_loader(position)
   step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state)
-  eval_fn = jit_eval_step(run.model, run.mesh)
   data_sharding = sharding.batch_sharding(run.mesh)
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.train.num_epochs * steps_per_epoch
@@ -333,7 +182,7 @@ def _train_loop(run: Run) -> TrainState:
           log_epoch(run, step // steps_per_epoch, step, total_steps, mean_metrics(epoch_metrics),
                     rate)
           epoch_metrics = []
-          history = finish_epoch(run, state, loader.position, history, eval_fn)
+          history = finish_epoch(run, state, loader.position, history)
         if sync_point and any_process(preemption.requested):
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
@@ -343,7 +192,7 @@ def _train_loop(run: Run) -> TrainState:
           return state
   finally:
     loader.close()
-  final_report(run, state, history, eval_fn)
+  final_report(run, state, history)
   return state
 
 
@@ -356,14 +205,14 @@ def log_epoch(run: Run, epoch: int, step: int, total_steps: int, means: dict, ra
                                   'train/steps_per_second': rate})
 
 
-def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition, history: dict,
-                 eval_fn) -> dict:
+def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
+                 history: dict) -> dict:
   """Evaluates on the selection split if due, then checkpoints (and keeps the best apart)."""
   config = run.config
   epoch = position.epoch
   is_best = False
   if epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs:
-    summary = run.evaluate(state.params, eval_fn, run.data.selection, f'epoch_{epoch:03d}')
+    summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}')
     run.writer.write_scalars(int(state.step), {
         **{f'{run.data.selection.name}/mAP@{t:.2f}': m
            for t, m in zip(summary['tiou'], summary['mAP'])},
@@ -377,33 +226,18 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition, h
   return history
 
 
-def final_report(run: Run, state: TrainState, history: dict, eval_fn) -> None:
+def final_report(run: Run, state: TrainState, history: dict) -> None:
   """The best checkpoint on the test split (and plots of a few test videos)."""
   run.checkpoints.wait_until_finished()
   if history['best_epoch'] == 0:
     return
   best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state)
-  summary = run.evaluate(best_params, eval_fn, run.data.test, 'best_test',
-                         plots=run.config.eval.num_plots)
+  summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
+                                   plots=run.config.eval.num_plots)
+  run.evaluator.write_results(summary, best_epoch=history['best_epoch'],
+                              selection_split=run.data.selection.name,
+                              selection_metric=run.config.train.selection_metric)
   if run.is_lead:
-    reporting.write_json_atomically(epath.Path(run.workdir) / 'results.json', {
-        'best_epoch': history['best_epoch'], 'selection_split': run.data.selection.name,
-        'selection_metric': run.config.train.selection_metric, **summary})
     logging.info('Best epoch %d (selected on %s by %s); test mAP:\n%s', history['best_epoch'],
                  run.data.selection.name, run.config.train.selection_metric,
                  reporting.format_table(summary))
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluation only: config.eval.checkpoint (orbax folder or official .pth) on the test split."""
-  mesh = sharding.make_mesh()
-  with jax.set_mesh(mesh):
-    run = Run(config, workdir, mesh)
-    try:
-      state = create_train_state(config, run.model, run.tx, run.mesh)
-      source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
-      params = checkpoint.restore_params(source, state)
-      params = jax.device_put(params, sharding.replicated_sharding(run.mesh))
-      return run.evaluate(params, jit_eval_step(run.model, run.mesh), run.data.test, 'evaluation')
-    finally:
-      run.close()

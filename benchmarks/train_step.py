@@ -39,6 +39,7 @@ from backtal_jax import losses
 from backtal_jax import optimizer
 from backtal_jax import sharding
 from backtal_jax import train
+from backtal_jax import train_state
 from benchmarks import affinity_kernel
 from configs import activitynet12
 from configs import hacs
@@ -174,9 +175,9 @@ def jax_step_row(dataset: str, shape, dtype: str, precision: str, host_batch: di
   config = benchmark_config(dataset, shape, dtype)
   mesh = sharding.make_mesh()
   with jax.set_mesh(mesh), jax.default_matmul_precision(precision):
-    model = train.make_model(config)
+    model = train_state.make_model(config)
     tx = optimizer.official_adam(config.train)
-    state = train.create_train_state(config, model, tx, mesh)
+    state = train_state.create_train_state(config, model, tx, mesh)
     batch = sharding.to_global_batch(host_batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
     compiled = train.jit_train_step(model, tx, config, mesh, state).lower(state, batch).compile()

@@ -17,6 +17,7 @@ import numpy as np
 
 from backtal_jax import sharding
 from backtal_jax import train
+from backtal_jax import train_state
 from backtal_jax.data import pipeline
 from configs import thumos
 
@@ -47,7 +48,7 @@ def run_steps(testbed: str, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   with jax.set_mesh(mesh):
     run = train.Run(config, workdir, mesh)
-    state = train.create_train_state(config, run.model, run.tx, mesh)
+    state = train_state.create_train_state(config, run.model, run.tx, mesh)
     step_fn = train.jit_train_step(run.model, run.tx, config, mesh, state)
     loader = run.data.train_loader(pipeline.DataPosition())
     losses, indices = [], []
@@ -61,9 +62,9 @@ def run_steps(testbed: str, workdir: str) -> dict:
     run.checkpoints.save(state, {'position': loader.position.to_dict()})
     run.checkpoints.wait_until_finished()
     restored, record = run.checkpoints.restore_latest(state)
-    initial = train.create_train_state(config, run.model, run.tx, mesh)
-    detections, _ = train.detect(initial.params, train.jit_eval_step(run.model, mesh),
-                                 run.data.test, config, mesh)
+    initial = train_state.create_train_state(config, run.model, run.tx, mesh)
+    detections, _ = run.evaluator.detect(initial.params, run.data.test.source,
+                                         run.data.test.ground_truth.class_names)
     run.checkpoints.close()
     run.writer.close()
   return {'any_process': [train.any_process(jax.process_index() == 1), train.any_process(False)],

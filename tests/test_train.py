@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 
 from backtal_jax import checkpoint
+from backtal_jax import evaluation
 from backtal_jax import sharding
+from backtal_jax import evaluator
 from backtal_jax import train
+from backtal_jax import train_state
+from backtal_jax.data import annotations
 from backtal_jax.data import pipeline
 from configs import thumos
 
@@ -54,7 +58,13 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
   state, workdir = uninterrupted
   assert int(state.step) == 2 * 3  # 24 videos, batch 8, two epochs
   results = json.loads((workdir / 'results.json').read_text())
-  assert len(results['mAP']) == 9 and results['best_epoch'] in (1, 2)
+  assert len(results['mAP']) == 9
+  config = debug_config()
+  ground_truth = str(annotations.load_ground_truth(config.eval.ground_truth).path)
+  selection = [evaluation.detection_map(
+      ground_truth, str(workdir / 'detections' / f'epoch_{epoch:03d}.json'),
+      subset=config.eval.subset, tiou_thresholds=(0.5,))[0][0] for epoch in (1, 2)]
+  assert results['best_epoch'] == 1 + int(np.argmax(selection))  # the first epoch wins a tie
   for name in ('epoch_001', 'epoch_002', 'best_test'):
     detections = json.loads((workdir / 'detections' / f'{name}.json').read_text())
     assert len(detections['results']) == 8  # every test video of the debug testbed
@@ -62,11 +72,36 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params_of(state)))
 
+  config.data.features_root = testbed
+  config.eval.only = True
+  summary = evaluator.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
+  np.testing.assert_allclose(summary['mAP'], results['mAP'], rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted, testbed,
+                                                                   tmp_path):
+  _, trained = uninterrupted
   config = debug_config()
   config.data.features_root = testbed
   config.eval.only = True
-  summary = train.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
-  np.testing.assert_allclose(summary['mAP'], results['mAP'], rtol=0, atol=1e-12)
+  config.eval.checkpoint = str(trained / 'best')
+  summary = evaluator.evaluate_checkpoint(config, str(tmp_path / 'eval'))
+  results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
+  assert results['checkpoint'] == config.eval.checkpoint
+  assert results['mAP'] == summary['mAP']
+  assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [
+      'detections', 'plots', 'results.json']
+
+
+def test_evaluation_of_a_missing_checkpoint_creates_nothing(testbed, tmp_path):
+  config = debug_config()
+  config.data.features_root = testbed
+  config.eval.only = True
+  config.eval.checkpoint = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='No checkpoint folder at .*nowhere'):
+    evaluator.evaluate_checkpoint(config, str(tmp_path / 'eval'))
+  assert not (tmp_path / 'nowhere').exists()
 
 
 @pytest.mark.slow
@@ -131,7 +166,7 @@ def test_same_losses_on_one_and_four_devices(testbed, tmp_path):
     mesh = sharding.make_mesh(jax.devices()[:count])
     with jax.set_mesh(mesh):
       run_ = train.Run(config, str(tmp_path / f'devices{count}'), mesh)
-      state = train.create_train_state(config, run_.model, run_.tx, mesh)
+      state = train_state.create_train_state(config, run_.model, run_.tx, mesh)
       step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state)
       loader = run_.data.train_loader(pipeline.DataPosition())
       metrics[count] = []
@@ -173,7 +208,7 @@ def test_train_step_makes_no_implicit_host_device_copies(testbed, tmp_path):
   mesh = sharding.make_mesh()
   with jax.set_mesh(mesh):
     run_ = train.Run(config, str(tmp_path), mesh)
-    state = train.create_train_state(config, run_.model, run_.tx, mesh)
+    state = train_state.create_train_state(config, run_.model, run_.tx, mesh)
     step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state)
     loader = run_.data.train_loader(pipeline.DataPosition())
     batch = sharding.to_global_batch(next(loader), sharding.batch_sharding(mesh))

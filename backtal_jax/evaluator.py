@@ -1,0 +1,184 @@
+"""Evaluation end to end, one path for training, evaluation-only runs and prediction.
+
+The model runs jitted on the mesh; its outputs come back to the host already reduced to what
+post-processing reads (CAS, softmaxed video scores, the feature norm); post-processing, the
+gathering of every process's detections and the mAP run on the host in NumPy.
+"""
+
+import functools
+import json
+import time
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from backtal_jax import checkpoint
+from backtal_jax import evaluation
+from backtal_jax import models
+from backtal_jax import optimizer
+from backtal_jax import postprocess
+from backtal_jax import reporting
+from backtal_jax import sharding
+from backtal_jax import train_state
+from backtal_jax import visualize
+from backtal_jax.data import datasets
+from backtal_jax.data import pipeline
+
+
+def eval_step(params, features_BxTxF, *, model: models.BackTAL) -> dict:
+  """What post-processing needs, reduced on the device: feature_supp_1 only through its norm."""
+  outputs = model.apply({'params': params}, features_BxTxF, deterministic=True)
+  return {
+      'cas': outputs.cas_supp.astype(jnp.float32),
+      'scores': jax.nn.softmax(outputs.score_supp.astype(jnp.float32), axis=-1),
+      'feature_norm': jnp.linalg.norm(outputs.feature_supp_1.astype(jnp.float32), axis=-1),
+  }
+
+
+def jit_eval_step(model: models.BackTAL, mesh: jax.sharding.Mesh):
+  data = sharding.batch_sharding(mesh)
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(sharding.replicated_sharding(mesh), data), out_shardings=data)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order (no cross-host transfer)."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)
+
+
+def gather_from_processes(detections: dict[str, list]) -> dict[str, list]:
+  """Every process's detections, merged (a no-op with one process)."""
+  if jax.process_count() == 1:
+    return detections
+  encoded = np.frombuffer(json.dumps(detections).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([encoded.size]))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:encoded.size] = encoded
+  gathered = multihost_utils.process_allgather(padded)
+  merged = {}
+  for size, row in zip(sizes.reshape(-1), gathered):
+    merged.update(json.loads(bytes(row[:size]).decode()))
+  return merged
+
+
+def selection_metric(summary: dict, name: str) -> float:
+  """'average' (mean over the scored tIoUs) or 'map@X' (mAP at tIoU X), as the official code."""
+  if name == 'average':
+    return summary['average_mAP']['all scored']
+  if name.startswith('map@'):
+    matches = np.flatnonzero(np.isclose(summary['tiou'], float(name[4:])))
+    if matches.size:
+      return summary['mAP'][int(matches[0])]
+  raise ValueError(f"config.train.selection_metric must be 'average' or 'map@X' with X among "
+                   f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
+
+
+def score_detections(detections: dict, split: datasets.EvalSplit,
+                     config: ml_collections.ConfigDict) -> dict:
+  """mAP per tIoU and the quoted averages; the selection metric under 'selection'."""
+  thresholds = tuple(config.eval.tiou_thresholds)
+  map_T, _ = evaluation.detection_map(split.ground_truth_json,
+                                      reporting.detections_file(detections), subset=split.subset,
+                                      tiou_thresholds=thresholds)
+  summary = reporting.summarize(map_T, thresholds)
+  summary['selection'] = selection_metric(summary, config.train.selection_metric)
+  return summary
+
+
+class Evaluator:
+  """A model on a mesh, turned into detections, scores and the files a researcher reads."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: models.BackTAL,
+               mesh: jax.sharding.Mesh, workdir: str):
+    self.config, self.mesh, self.workdir = config, mesh, workdir
+    self.is_lead = jax.process_index() == 0
+    self._eval_fn = jit_eval_step(model, mesh)
+
+  def detect(self, params, source: pipeline.Source, class_names, keep: int = 0
+             ) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
+    """Detections of every video of `source`, gathered from all processes, and the
+    post-processing inputs (cas, scores, feature_norm) of the first `keep` videos this process
+    read, for plots."""
+    config = self.config
+    detections, kept = {}, {}
+    for batch, metadata in pipeline.eval_batches(
+        source, global_batch_size=config.eval.batch_size, spec=datasets.batch_spec(config),
+        prefetch=config.data.prefetch, process_index=jax.process_index(),
+        process_count=jax.process_count()):
+      features = sharding.to_global_batch({'features': batch['features']},
+                                          sharding.batch_sharding(self.mesh))['features']
+      outputs = {k: local_rows(v) for k, v in self._eval_fn(params, features).items()}
+      for row, video in enumerate(metadata):
+        if video is None:
+          continue
+        detections[video.vid_name] = postprocess.detect_video(
+            outputs['cas'][row], outputs['scores'][row], outputs['feature_norm'][row][:, None],
+            frame_num=video.frame_num, duration=video.duration, class_names=class_names,
+            config=config)
+        if len(kept) < keep:
+          kept[video.vid_name] = {k: v[row] for k, v in outputs.items()}
+    return gather_from_processes(detections), kept
+
+  def evaluate(self, params, split: datasets.EvalSplit, tag: str, plots: int = 0) -> dict:
+    """mAP of `params` on `split`; detections JSON and `plots` PNGs under the workdir."""
+    started = time.monotonic()
+    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, plots)
+    summary = score_detections(detections, split, self.config)
+    summary['seconds'] = time.monotonic() - started
+    if self.is_lead:
+      folder = epath.Path(self.workdir) / 'detections'
+      folder.mkdir(parents=True, exist_ok=True)
+      reporting.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
+      logging.info('Evaluation %s on %s (%d videos, %.1f s):\n%s', tag, split.name,
+                   len(detections), summary['seconds'], reporting.format_table(summary))
+      self.plot(tag, split, kept, detections)
+    return summary
+
+  def plot(self, tag: str, split: datasets.EvalSplit, kept: dict, detections: dict) -> None:
+    if not kept:
+      return
+    folder = epath.Path(self.workdir) / 'plots' / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, outputs in kept.items():
+      visualize.plot_video(folder / f'{name}.png', outputs['cas'],
+                           split.ground_truth.videos[name], split.ground_truth.class_names,
+                           detections[name])
+    logging.info('Plots of %d %s videos in %s', len(kept), split.name, folder)
+
+  def write_results(self, summary: dict, **record: Any) -> None:
+    """results.json in the workdir: what picked the model, then its test summary."""
+    if self.is_lead:
+      reporting.write_json_atomically(epath.Path(self.workdir) / 'results.json',
+                                      {**record, **summary})
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluation only: config.eval.checkpoint (orbax folder or official .pth; default
+  WORKDIR/best) on the test split, with detections, plots and results.json in `workdir`."""
+  mesh = sharding.make_mesh()
+  with jax.set_mesh(mesh):
+    sharding.check_global_batch_size(config.eval.batch_size)
+    model = train_state.make_model(config)
+    state = train_state.create_train_state(config, model, optimizer.official_adam(config.train),
+                                           mesh)
+    source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
+    params = checkpoint.restore_params(source, state)
+    params = jax.device_put(params, sharding.replicated_sharding(mesh))
+    test = datasets.open_datasets(config, workdir).test
+    evaluator = Evaluator(config, model, mesh, workdir)
+    summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots)
+    evaluator.write_results(summary, checkpoint=source)
+    return summary

@@ -1,0 +1,41 @@
+"""The state a run trains and checkpoints, and how it is first built on the mesh."""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from backtal_jax import models
+from backtal_jax import sharding
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a resumed run needs besides the data position."""
+  step: jax.Array  # optimiser steps taken
+  params: Any
+  opt_state: optax.OptState
+  rng: jax.Array  # raw key data; the dropout key of step s is fold_in(rng, s)
+
+
+def make_model(config: ml_collections.ConfigDict) -> models.BackTAL:
+  return models.BackTAL(**config.model)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.BackTAL,
+                       tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
+  """Initialised state, built directly with replicated shardings (the big_vision way)."""
+  features_shape = (1, config.data.num_segments, config.model.feat_dim)
+
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    params = model.init(params_rng, jnp.zeros(features_shape, jnp.float32))['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(dropout_rng))
+
+  rng = jax.random.key(config.train.seed)
+  abstract = jax.eval_shape(init, rng)
+  replicated = jax.tree.map(lambda _: sharding.replicated_sharding(mesh), abstract)
+  return jax.jit(init, out_shardings=replicated)(rng)
