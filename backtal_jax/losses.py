@@ -2,8 +2,8 @@
 
 Each term equals the official BackTALLoss on the same inputs. Two departures, both where the
 official code crashes or divides by zero:
-- a click-dependent term (click, separation, affinity) over a batch in which no video has a click of
-  the kind it needs is 0 (with zero gradient), not NaN or an exception;
+- a click-dependent term (click, separation, embedding) over a batch in which no video has a click
+  of the kind it needs is 0 (with zero gradient), not NaN or an exception;
 - a video with background clicks but no positive label adds nothing to the separation term.
 `example_mask` (1 for real videos, 0 for the padding of a last partial batch) makes every term the
 official average over the real videos alone.
@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from backtal_jax.data.features import IGNORE_LABEL
 from backtal_jax.models import num_topk
-
-IGNORE = -100  # click label of a frame without a click
+from backtal_jax.models import topk_mean_over_time
 
 
 def _at_least_f32(x: jax.Array) -> jax.Array:
@@ -45,7 +45,7 @@ def foreground_norm_loss(fore_weights_BxTx1, example_mask_B):
 
 def click_loss(cas_BxTxC1, click_labels_BxT, example_mask_B):
   """Frame cross-entropy at clicked frames (background or action), ignoring unclicked ones."""
-  clicked_BxT = (click_labels_BxT != IGNORE) & (example_mask_B[:, None] > 0)
+  clicked_BxT = (click_labels_BxT != IGNORE_LABEL) & (example_mask_B[:, None] > 0)
   target_BxT = jnp.where(clicked_BxT, click_labels_BxT, 0)
   log_prob_BxTxC1 = jax.nn.log_softmax(cas_BxTxC1, axis=-1)
   nll_BxT = -jnp.take_along_axis(log_prob_BxTxC1, target_BxT[..., None], axis=-1)[..., 0]
@@ -105,7 +105,7 @@ def _hinge(x):
   return jnp.maximum(x, 0)
 
 
-def _affinity_one_video(embedding_TxE, fg_count_T, bg_T, similar_min, different_max):
+def _embedding_hinge_one_video(embedding_TxE, fg_count_T, bg_T, similar_min, different_max):
   """The four hinge terms of one video, with fg frames weighted by their multiplicity.
 
   The official code concatenates the top-k frames of every ground-truth class, so a frame in the
@@ -141,7 +141,7 @@ def topk_frame_counts(cas_BxTxC1, video_labels_BxC, k):
   return jnp.einsum('bct,bc->bt', in_top_BxCxT, positive_BxC)
 
 
-def affinity_loss(embedding_BxTxE, cas_supp_BxTxC1, video_labels_BxC, bg_click_BxT, k,
+def embedding_hinge_loss(embedding_BxTxE, cas_supp_BxTxC1, video_labels_BxC, bg_click_BxT, k,
                   similar_min, different_max):
   """Embedding hinge loss: fg = top-k frames of cas_supp per GT class, bg = background clicks.
 
@@ -149,7 +149,7 @@ def affinity_loss(embedding_BxTxE, cas_supp_BxTxC1, video_labels_BxC, bg_click_B
   the hardest pair; averaged over the videos with a background click.
   """
   fg_count_BxT = topk_frame_counts(cas_supp_BxTxC1, video_labels_BxC, k)
-  per_video_B = jax.vmap(_affinity_one_video, in_axes=(0, 0, 0, None, None))(
+  per_video_B = jax.vmap(_embedding_hinge_one_video, in_axes=(0, 0, 0, None, None))(
       embedding_BxTxE, fg_count_BxT, bg_click_BxT, similar_min, different_max)
   has_click_B = jnp.any(bg_click_BxT, axis=1) & jnp.any(fg_count_BxT > 0, axis=1)
   return _masked_mean(per_video_B, has_click_B.astype(per_video_B.dtype))
@@ -162,8 +162,7 @@ def separation_fg_score(outputs, config: ml_collections.ConfigDict, num_classes:
   if config.loss.separation_fg == 'own_topk':
     cas_BxTxC1 = _at_least_f32(outputs['cas_base'])
     k = num_topk(cas_BxTxC1.shape[1], config.loss.separation_topk_ratio)
-    top_BxCxk, _ = jax.lax.top_k(jnp.swapaxes(cas_BxTxC1, 1, 2), k)
-    return jnp.mean(top_BxCxk, axis=-1)[:, :num_classes]
+    return topk_mean_over_time(cas_BxTxC1, k)[:, :num_classes]
   raise ValueError("config.loss.separation_fg must be 'video_score' or 'own_topk', got "
                    f'{config.loss.separation_fg!r}')
 
@@ -180,7 +179,8 @@ def backtal_loss(outputs: Any, video_labels_BxC: jax.Array, click_labels_BxT: ja
     example_mask_B: 1 for real videos, 0 for padding; all ones when omitted.
 
   Returns:
-    (total, terms) with terms base, supp, norm, click, separation, affinity, all unweighted.
+    (total, terms) with terms base, supp, norm, click, separation, embedding (the embedding hinge
+    loss, the official C_LOSS_EMBEDDING term), all unweighted.
   """
   num_classes = video_labels_BxC.shape[1]
   if example_mask_B is None:
@@ -202,11 +202,12 @@ def backtal_loss(outputs: Any, video_labels_BxC: jax.Array, click_labels_BxT: ja
       'click': click_loss(cas_base, click_labels_BxT, mask_B),
       'separation': separation_loss(separation_fg_score(outputs, config, num_classes), cas_base,
                                     labels, bg_click_BxT),
-      'affinity': affinity_loss(_at_least_f32(outputs['embedding']), cas_supp, labels, bg_click_BxT,
-                                k, config.loss.similar_min, config.loss.different_max),
+      'embedding': embedding_hinge_loss(_at_least_f32(outputs['embedding']), cas_supp, labels,
+                                        bg_click_BxT, k, config.loss.similar_min,
+                                        config.loss.different_max),
   }
   total = (terms['base'] + terms['supp'] + config.loss.norm_weight * terms['norm'] +
            config.loss.click_weight * terms['click'] +
            config.loss.separation_weight * terms['separation'] +
-           config.loss.affinity_weight * terms['affinity'])
+           config.loss.embedding_weight * terms['embedding'])
   return total, terms

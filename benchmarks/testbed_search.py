@@ -1,10 +1,11 @@
 """A search of the semi-synthetic testbed's knobs (issue: the training loop, item 6).
 
-Each setting changes recipe D (configs/thumos.py:synthetic) in one direction that DESIGN.md lists
-as untried, builds its own testbed under --root/<setting>/testbed, and trains it with background
-clicks and with video labels only (benchmarks/supervision_study.py does the training; finished runs
-are skipped, interrupted ones resume). The table says, per setting, whether background clicks land
-in the paper's mAP@0.5 range on real features (25 to 45) and by how much they beat video labels.
+Each setting changes recipe D (configs/thumos.py:synthetic) in one direction that the project's
+design listed as untried (benchmarks/TESTBED_SEARCH.md names each), builds its own testbed under
+--root/<setting>/testbed, and trains it with background clicks and with video labels only
+(benchmarks/supervision_study.py does the training; finished runs are skipped, interrupted ones
+resume). The table says, per setting, whether background clicks land in the paper's mAP@0.5 range on
+real features (25 to 45) and by how much they beat video labels.
 
   python -m benchmarks.testbed_search --root=/tmp/search \
       --settings=default,smoothness_2 --seeds=0 --markdown=benchmarks/TESTBED_SEARCH.md
@@ -19,8 +20,8 @@ import numpy as np
 from backtal_jax import logs
 from benchmarks import supervision_study
 
-# One change of recipe D per setting, each along a direction of DESIGN.md ("directions not yet
-# tried"), plus a second draw of the testbed itself to show how much the draw alone moves mAP.
+# One change of recipe D per setting, each along a direction the design listed as not yet
+# tried, plus a second draw of the testbed itself to show how much the draw alone moves mAP.
 SETTINGS = {
     'default': (),
     'testbed_seed_1': ('data.synthetic.seed=1',),

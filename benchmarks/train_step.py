@@ -35,11 +35,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from backtal_jax import losses
 from backtal_jax import optimizer
 from backtal_jax import sharding
 from backtal_jax import train
 from backtal_jax import train_state
+from backtal_jax.data.features import IGNORE_LABEL
 from benchmarks import affinity_kernel
 from configs import activitynet12
 from configs import hacs
@@ -81,7 +81,7 @@ def random_batch(seed: int, config: ml_collections.ConfigDict) -> dict[str, np.n
   batch, length = config.train.batch_size, config.data.num_segments
   num_classes = config.model.num_classes
   video_labels_BxC = np.zeros((batch, num_classes), np.float32)
-  click_labels_BxT = np.full((batch, length), losses.IGNORE, np.int32)
+  click_labels_BxT = np.full((batch, length), IGNORE_LABEL, np.int32)
   for b in range(batch):
     classes = rng.choice(num_classes, rng.integers(ACTION_CLASSES[0], ACTION_CLASSES[1] + 1),
                          replace=False)

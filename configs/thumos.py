@@ -35,7 +35,7 @@ def get_loss_config() -> ml_collections.ConfigDict:
   loss.norm_weight = 1e-4  # weight of the L1 norm of fore_weights (C_LOSS_NORM)
   loss.click_weight = 1.0  # weight of the click cross-entropy on cas_base
   loss.separation_weight = 1.0  # weight of the score separation term (C_LOSS_TOPK_BG)
-  loss.affinity_weight = 0.8  # weight of the embedding hinge loss (C_LOSS_EMBEDDING)
+  loss.embedding_weight = 0.8  # weight of the embedding hinge loss (official C_LOSS_EMBEDDING)
   loss.separation_fg = 'video_score'  # 'video_score' (THUMOS14) or 'own_topk' (ActivityNet, HACS)
   loss.separation_topk_ratio = 0.125  # top-k ratio of the 'own_topk' fg score (TOPK_K_R_FOR_LOSS)
   loss.similar_min = 0.5  # fg-fg and bg-bg cosine similarity must reach this (TH_SIMILAR_MIN)
@@ -113,28 +113,24 @@ def get_train_config() -> ml_collections.ConfigDict:
 
 
 def use_synthetic(config: ml_collections.ConfigDict) -> None:
-  """The semi-synthetic testbed (DESIGN.md recipe D) at a CPU-friendly width."""
+  """The semi-synthetic testbed (recipe D, backtal_jax/data/synthetic.py), CPU-friendly widths."""
   config.data.source = 'synthetic'  # build the testbed, then read it as official npz files
   config.data.synthetic.half_width = 64  # RGB and flow halves of 64 channels
-  config.data.feature_dim = 128  # 2 x half_width
-  config.model.feat_dim = 128  # 2 x half_width
+  config.model.feat_dim = config.data.synthetic.get_ref('half_width') * 2  # data's width too
   config.model.hidden_dim = 128  # affinity convolutions
   config.model.filter_dim = 64  # filter module
   config.model.embed_hidden_dim = 64  # embedding module, hidden layer
-  config.eval.class_score_thresh = 0.1  # recipe D shows the paper's effect at 0.1 (DESIGN.md)
+  config.eval.class_score_thresh = 0.1  # recipe D shows the paper's effect at 0.1 (README)
 
 
 def use_debug(config: ml_collections.ConfigDict) -> None:
   """A few tiny synthetic videos for two epochs: for tests and smoke runs, not for numbers."""
   use_synthetic(config)
-  config.data.num_segments = 64  # T
-  config.data.synthetic.num_segments = 64  # T of the built files
-  config.data.synthetic.half_width = 8  # tiny features
+  config.data.num_segments = 64  # T (the built files' too: one reference)
+  config.data.synthetic.half_width = 8  # tiny features (input width 16)
   config.data.synthetic.num_train_videos = 24  # first 24 training videos by name
   config.data.synthetic.num_test_videos = 8  # first 8 test videos by name
-  config.data.feature_dim = 16  # 2 x half_width
   config.data.prefetch = 0  # read in the main thread
-  config.model.feat_dim = 16  # 2 x half_width
   config.model.hidden_dim = 16  # affinity convolutions
   config.model.filter_dim = 8  # filter module
   config.model.embed_hidden_dim = 8  # embedding module, hidden layer
@@ -159,5 +155,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.data = get_data_config()  # features and batches
   config.eval = get_eval_config()  # post-processing and mAP
   config.train = get_train_config()  # optimisation and the loop
+  tie_linked_fields(config)
   VARIANTS[arg](config)
   return config
+
+
+def tie_linked_fields(config: ml_collections.ConfigDict) -> None:
+  """Fields that must agree share one FieldReference, so that one override moves both: the
+  input width of the data and of the model, and T of the data and of the testbed it builds."""
+  config.data.feature_dim = config.model.get_ref('feat_dim')  # F of the files = the model's input
+  config.data.synthetic.num_segments = config.data.get_ref('num_segments')  # T built = T read

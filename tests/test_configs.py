@@ -44,3 +44,15 @@ def test_every_field_assignment_is_commented(path):
 def test_unknown_variant_is_an_error():
   with pytest.raises(ValueError, match='unknown variant'):
     thumos.get_config('sythetic')
+
+
+def test_one_override_moves_linked_fields():
+  synthetic = thumos.get_config('synthetic')
+  synthetic.data.synthetic.half_width = 1024  # --config.data.synthetic.half_width=1024
+  assert synthetic.model.feat_dim == synthetic.data.feature_dim == 2048
+  official = activitynet12.get_config()
+  official.model.feat_dim = 4096
+  assert official.data.feature_dim == 4096
+  debug = thumos.get_config('debug')
+  debug.data.num_segments = 100
+  assert debug.data.synthetic.num_segments == 100

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from backtal_jax import checkpoint, losses, models
+from backtal_jax.data.features import IGNORE_LABEL
 from tests import reference
 
 
@@ -21,7 +22,7 @@ def fixture_model(name='model_anet_small'):
 
 def test_batch_without_any_click_gives_finite_loss_and_gradients():
   config, model, params, features, labels, clicks = fixture_model()
-  no_clicks = jnp.full_like(clicks, losses.IGNORE)
+  no_clicks = jnp.full_like(clicks, IGNORE_LABEL)
 
   def loss_fn(p):
     outputs = model.apply({'params': p}, features)
@@ -30,8 +31,11 @@ def test_batch_without_any_click_gives_finite_loss_and_gradients():
   (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   assert np.isfinite(total)
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(grads))
-  assert terms['click'] == 0 and terms['separation'] == 0 and terms['affinity'] == 0
-  assert terms['base'] > 0 and terms['supp'] > 0
+  assert terms['click'] == 0 and terms['separation'] == 0 and terms['embedding'] == 0
+  _, with_clicks = losses.backtal_loss(model.apply({'params': params}, features), labels, clicks,
+                                       config)
+  for name in ('base', 'supp', 'norm'):  # the terms that never read a click are unchanged
+    np.testing.assert_array_equal(terms[name], with_clicks[name], err_msg=name)
 
 
 def test_padded_batch_gives_the_official_loss_of_the_real_videos():
@@ -47,19 +51,19 @@ def test_padded_batch_gives_the_official_loss_of_the_real_videos():
     pad = 3
     padded_features = jnp.concatenate([features, jnp.zeros((pad,) + features.shape[1:])])
     padded_labels = jnp.concatenate([labels, jnp.zeros((pad, labels.shape[1]))])
-    padded_clicks = jnp.concatenate([clicks, jnp.full((pad, clicks.shape[1]), losses.IGNORE)])
+    padded_clicks = jnp.concatenate([clicks, jnp.full((pad, clicks.shape[1]), IGNORE_LABEL)])
     mask = jnp.concatenate([jnp.ones(len(features)), jnp.zeros(pad)])
     outputs = model.apply({'params': params}, padded_features)
     total, terms = losses.backtal_loss(outputs, padded_labels, padded_clicks, config, mask)
     np.testing.assert_allclose(total, fixture['loss/total'], rtol=1e-10)
-    np.testing.assert_allclose(terms['affinity'], fixture['loss/affinity'], rtol=1e-10)
+    np.testing.assert_allclose(terms['embedding'], fixture['loss/affinity'], rtol=1e-10)
     unmasked, _ = losses.backtal_loss(outputs, padded_labels, padded_clicks, config)
     assert abs(float(unmasked) - float(fixture['loss/total'])) > 1e-3  # the mask matters
 
 
 def test_click_loss_counts_action_clicks_with_their_class():
   cas = jnp.log(jnp.asarray([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]]]))
-  clicks = jnp.asarray([[0, losses.IGNORE, 2]])
+  clicks = jnp.asarray([[0, IGNORE_LABEL, 2]])
   loss = losses.click_loss(cas, clicks, jnp.ones(1))
   np.testing.assert_allclose(loss, -(np.log(0.7) + np.log(0.6)) / 2, rtol=1e-6)
 

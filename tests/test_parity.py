@@ -10,7 +10,7 @@ from tests import reference
 
 OUTPUTS = ('score_base', 'score_supp', 'cas_base', 'cas_supp', 'embedding', 'fore_weights')
 LOSS_TERMS = {'base': 'loss/loss_base', 'supp': 'loss/loss_supp', 'norm': 'loss/loss_norm',
-              'click': 'loss/click', 'separation': 'loss/separation', 'affinity': 'loss/affinity'}
+              'click': 'loss/click', 'separation': 'loss/separation', 'embedding': 'loss/affinity'}
 TOLERANCE = {'float64': 1e-8, 'float32': 1e-4}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from backtal_jax.data import annotations
 from backtal_jax.data import clicks as clicks_lib
 from backtal_jax.data import seeding
+from backtal_jax.data.features import IGNORE_LABEL
 
 
 def background_gaps(video: annotations.Video) -> list[tuple[float, float]]:
@@ -60,7 +61,7 @@ def simulate_clicks(video: annotations.Video, num_segments: int, num_classes: in
   BackTAL trains from background clicks; action clicks (off by default) serve comparisons with
   action-click supervision.
   """
-  labels_T = np.full(num_segments, clicks_lib.IGNORE_INDEX, np.int32)
+  labels_T = np.full(num_segments, IGNORE_LABEL, np.int32)
   if background:
     for start, end in background_gaps(video):
       candidates = snippets_within(start, end, video.duration, num_segments)

@@ -27,9 +27,9 @@ from absl import flags
 import numpy as np
 
 from backtal_jax.data import annotations
+from backtal_jax.data.features import IGNORE_LABEL
 from backtal_jax.data import seeding
 
-IGNORE_INDEX = -100
 BACKGROUND_TAG = 'background_background'
 ANNOTATORS = ('A1', 'A2', 'A3')
 SOURCES = ANNOTATORS + ('union', 'random')
@@ -52,7 +52,7 @@ class Click:
 class PointLabels:
   """Point labels of some videos, and the videos that got no click from the source."""
   labels: Mapping[str, np.ndarray]  # Video -> int32 [T].
-  missing: tuple[str, ...]  # Sorted; their labels are all IGNORE_INDEX.
+  missing: tuple[str, ...]  # Sorted; their labels are all IGNORE_LABEL.
 
 
 def read_click_file(name_or_path: annotations.PathLike) -> dict[str, Clicks]:
@@ -110,7 +110,7 @@ def time_to_snippet(time: float, duration: float, num_segments: int) -> int:
 def click_labels(clicks: Clicks, *, duration: float, num_segments: int,
                  class_names: Sequence[str], video: str = '') -> np.ndarray:
   """The int32 [T] point labels of one video's clicks (later clicks win a shared snippet)."""
-  labels_T = np.full(num_segments, IGNORE_INDEX, np.int32)
+  labels_T = np.full(num_segments, IGNORE_LABEL, np.int32)
   for click in clicks:
     labels_T[time_to_snippet(click.time, duration, num_segments)] = _tag_index(
         click.tag, class_names, video)

@@ -1,7 +1,7 @@
 """Which clicks a run learns from: none, background (BackTAL), action clicks, or both.
 
 The official feature files carry background clicks only; action clicks come from a table of
-per-video point labels simulated from the ground truth (`clicks.simulate_action_clicks`).
+per-video point labels simulated from the ground truth (`click_simulation.simulate_clicks`).
 """
 
 import numpy as np
@@ -20,21 +20,21 @@ def needs_action_clicks(supervision: str) -> bool:
   return supervision in ('action', 'both')
 
 
-def supervised_clicks(click_labels_BxT: np.ndarray, action_clicks_BxT: np.ndarray | None,
+def supervised_clicks(click_labels_T: np.ndarray, action_clicks_T: np.ndarray | None,
                       num_classes: int, supervision: str) -> np.ndarray:
   """The click labels a run trains on: -100, C (background) or an action class per snippet.
 
   With 'both', an action click wins where both kinds fall on one snippet.
   """
   check_supervision(supervision)
-  background_BxT = np.where(click_labels_BxT == num_classes, num_classes, IGNORE_LABEL)
+  background_T = np.where(click_labels_T == num_classes, num_classes, IGNORE_LABEL)
   if supervision == 'none':
-    return np.full_like(click_labels_BxT, IGNORE_LABEL)
+    return np.full_like(click_labels_T, IGNORE_LABEL)
   if supervision == 'background':
-    return background_BxT.astype(click_labels_BxT.dtype)
-  if action_clicks_BxT is None:
+    return background_T.astype(click_labels_T.dtype)
+  if action_clicks_T is None:
     raise ValueError(f'supervision {supervision!r} needs action clicks')
   if supervision == 'action':
-    return action_clicks_BxT.astype(click_labels_BxT.dtype)
-  both = np.where(action_clicks_BxT != IGNORE_LABEL, action_clicks_BxT, background_BxT)
-  return both.astype(click_labels_BxT.dtype)
+    return action_clicks_T.astype(click_labels_T.dtype)
+  both = np.where(action_clicks_T != IGNORE_LABEL, action_clicks_T, background_T)
+  return both.astype(click_labels_T.dtype)

@@ -8,11 +8,12 @@ reads unchanged: one npz per video in `OUT/<split>/<video>.npz` (THUMOS14 splits
 ActivityNet1.2), test files `frame_num`, `fps` and `duration`. `frame_num` counts the video's
 16-frame I3D snippets, round(duration x fps / 16), the convention of the official fixtures.
 
-The features pose the paper's problem, action-context confusion (DESIGN.md, recipe D, the
-default): every video carries its classes' scene component (RGB half) everywhere, stronger inside
-and around instances; actions add their class's motion component (flow half, a little in RGB);
-snippets within a context length of an action carry a weaker share of its motion; class-like
-distractor stretches sit in the background; a background mixture and noise cover everything.
+The features pose the paper's problem, action-context confusion (recipe D, the default; README, 'The
+semi-synthetic testbed'): every video carries its classes' scene component (RGB half) everywhere,
+stronger inside and around instances; actions add their class's motion component (flow half, a
+little in RGB); snippets within a context length of an action carry a weaker share of its motion;
+class-like distractor stretches sit in the background; a background mixture and noise cover
+everything.
 Every knob is a field of `default_config()`.
 
 Each video's features depend only on the seed, the dataset and the video's name; the same seed
@@ -61,7 +62,7 @@ DATASETS = {
 
 
 def default_config(dataset: str = 'thumos14') -> ml_collections.ConfigDict:
-  """Recipe D of DESIGN.md for `dataset`; strengths are multiples of unit-norm prototypes."""
+  """Recipe D (module docstring) for `dataset`; strengths are multiples of unit-norm prototypes."""
   spec = DATASETS[dataset]
   c = ml_collections.ConfigDict()
   c.dataset = dataset  # 'thumos14' or 'activitynet12': annotations and splits.
