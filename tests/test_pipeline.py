@@ -191,9 +191,11 @@ def test_npz_source_from_config_into_global_arrays(tmp_path):
   np.testing.assert_array_equal(batch['features'][0], record.features_TxF)
   np.testing.assert_array_equal(batch['click_labels'][0], record.click_labels_T)
   global_batch = sharding.to_global_batch(batch, sharding.batch_sharding(sharding.make_mesh()))
+  rows = []
   for shard in global_batch['features'].addressable_shards:
     np.testing.assert_array_equal(np.asarray(shard.data), batch['features'][shard.index[0]])
-  assert jax.device_count() == 4
+    rows.extend(range(len(batch['index']))[shard.index[0]])
+  assert sorted(rows) == list(range(len(batch['index'])))  # every row on exactly one device
 
 
 def test_missing_features_root_says_where_features_go(tmp_path):

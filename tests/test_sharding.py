@@ -9,8 +9,7 @@ from backtal_jax import sharding
 
 def test_mesh_over_all_devices():
   mesh = sharding.make_mesh()
-  assert jax.device_count() == 4
-  assert mesh.shape == {'data': 4}
+  assert mesh.shape == {'data': len(jax.devices())}
   assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
   assert sharding.replicated_sharding(mesh).is_fully_replicated
 
