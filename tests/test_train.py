@@ -17,6 +17,7 @@ from backtal_jax import evaluator
 from backtal_jax import train
 from backtal_jax import train_state
 from backtal_jax.data import annotations
+from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
 from configs import thumos
 
@@ -92,6 +93,28 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   assert results['mAP'] == summary['mAP']
   assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [
       'detections', 'plots', 'results.json']
+
+
+@pytest.mark.slow
+def test_heldout_selection_by_average_map_scores_the_test_split_once(tmp_path, testbed):
+  _, workdir = run(tmp_path, testbed, 'heldout', selection_split='heldout',
+                   selection_metric='average')
+  results = json.loads((workdir / 'results.json').read_text())
+  assert (results['selection_split'], results['selection_metric']) == ('heldout', 'average')
+  heldout = [json.loads((workdir / 'detections' / f'epoch_{epoch:03d}.json').read_text())
+             for epoch in (1, 2)]
+  names = set(heldout[0]['results'])
+  assert len(names) == 2  # round(10% of the 24 debug training videos)
+  assert names <= {f.stem for f in (pathlib.Path(testbed) / 'val').glob('*.npz')}
+  test = json.loads((workdir / 'detections' / 'best_test.json').read_text())
+  assert not names & set(test['results'])  # test videos appear only in the final evaluation
+  config = debug_config()
+  heldout_json = datasets.heldout_ground_truth_json(
+      annotations.load_ground_truth(config.eval.ground_truth).path, sorted(names))
+  averages = [evaluation.detection_map(heldout_json, d, subset=config.data.train_split,
+                                       tiou_thresholds=config.eval.tiou_thresholds)[1]
+              for d in heldout]
+  assert results['best_epoch'] == 1 + int(np.argmax(averages))
 
 
 def test_evaluation_of_a_missing_checkpoint_creates_nothing(testbed, tmp_path):
