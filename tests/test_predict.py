@@ -250,3 +250,14 @@ def test_videos_of_another_subset_count_as_missing_from_the_ground_truth(trained
   split = datasets.EvalSplit('test', None, truth, str(truth.path), 'test')
   detections = dict(trained['detections'], video_validation_0000051=[], unknown=[])
   assert evaluator.videos_missing_from(detections, split) == ['unknown', 'video_validation_0000051']
+
+
+def test_npz_header_gives_name_length_and_metadata_and_refuses_a_zero_duration(tmp_path):
+  np.savez(tmp_path / 'a.npz', feat_spa=np.zeros((8, 5)), feat_tem=np.zeros((8, 5)),
+           vid_name='clip', fps=25.0)
+  assert features.read_header(tmp_path / 'a.npz', feature_dim=16) == features.FileHeader(
+      vid_name='clip', num_snippets=5, frame_num=None, fps=25.0, duration=None)
+  np.savez(tmp_path / 'b.npz', feat_spa=np.zeros((8, 5)), feat_tem=np.zeros((8, 5)),
+           duration=0.0)
+  with pytest.raises(features.FeatureFileError, match="b.npz: key 'duration': 0.0, expected"):
+    features.read_header(tmp_path / 'b.npz', feature_dim=16)

@@ -242,6 +242,9 @@ def read_header(path, *, feature_dim: int) -> FileHeader:
                              f'has {lengths["feat_spa"]}')
     metadata = {key: _scalar(path, key, _read_key(archive, path, key)).item()
                 for key in ('frame_num', 'fps', 'duration') if key in archive.files}
+    for key, value in metadata.items():
+      if not value > 0:
+        raise FeatureFileError(path, key, f'{value}, expected a positive number')
     vid_name = None
     if 'vid_name' in archive.files:
       vid_name = read_name(archive, path).reshape(()).item()
