@@ -154,8 +154,10 @@ def load_official_checkpoint(path: str | pathlib.Path) -> dict:
 class Checkpoints:
   """Orbax checkpoints of a run: the latest ones (to resume) and the best one, kept apart.
 
-  Each checkpoint holds the whole TrainState (parameters, optimiser, step, RNG) and a JSON record
-  with the data position and the run's history, so that a resumed run continues bit-identically.
+  A latest checkpoint holds the whole TrainState (parameters, optimiser, step, RNG) and a JSON
+  record with the data position and the run's history, so that a resumed run continues
+  bit-identically. The best one holds the parameters and the record only: what evaluation and
+  prediction read, and what people share (Adam's two moments would triple its size).
   """
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
@@ -166,17 +168,18 @@ class Checkpoints:
         root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1))
 
   @staticmethod
-  def _save(manager: ocp.CheckpointManager, state: Any, record: dict) -> None:
-    step = int(jax.device_get(state.step))
+  def _save(manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
     if step in manager.all_steps():
       return
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+    manager.save(step, args=ocp.args.Composite(**items))
 
   def save(self, state: Any, record: dict, *, is_best: bool = False) -> None:
-    self._save(self.latest, state, record)
+    step = int(jax.device_get(state.step))
+    self._save(self.latest, step, state=ocp.args.StandardSave(state),
+               record=ocp.args.JsonSave(record))
     if is_best:
-      self._save(self.best, state, record)
+      self._save(self.best, step, params=ocp.args.StandardSave(state.params),
+                 record=ocp.args.JsonSave(record))
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -201,19 +204,35 @@ def restore(manager: ocp.CheckpointManager, step: int, state_like: Any) -> tuple
   return restored.state, restored.record
 
 
-def restore_params(path: str, state_like: Any) -> Any:
+def _params_from_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """The parameters of a step that holds them alone (best/) or inside a TrainState (checkpoints/,
+  and best/ folders written before it held parameters only); the optimiser state is not read."""
+  if 'params' in manager.item_metadata(step):
+    return manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target))).params
+  partial = {'params': target}
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=partial, restore_args=ocp.checkpoint_utils.construct_restore_args(partial),
+      partial_restore=True))).state['params']
+
+
+def restore_params(path: str, params_like: Any) -> Any:
   """Parameters to evaluate: from an official .pth file, or the newest step of an orbax folder
-  (a run's workdir/best or workdir/checkpoints)."""
+  (a run's workdir/best or workdir/checkpoints), sharded like `params_like` (parameters or their
+  abstract shapes)."""
   if str(path).endswith('.pth'):
     return load_official_checkpoint(path)
   if not epath.Path(path).is_dir():  # checked first: a CheckpointManager would create the folder
     raise FileNotFoundError(f'No checkpoint folder at {path} (config.eval.checkpoint): give an '
                             'orbax folder such as WORKDIR/best, or an official .pth file')
-  manager = ocp.CheckpointManager(epath.Path(path))
-  step = manager.latest_step()
-  if step is None:
+  manager = ocp.CheckpointManager(epath.Path(path), item_handlers={
+      'params': ocp.StandardCheckpointHandler(), 'state': ocp.PyTreeCheckpointHandler(),
+      'record': ocp.JsonCheckpointHandler()})
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
+    return _params_from_step(manager, step,
+                             jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
+  finally:
     manager.close()
-    raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
-  state, _ = restore(manager, step, state_like)
-  manager.close()
-  return state.params

@@ -21,12 +21,12 @@ import numpy as np
 from backtal_jax import checkpoint
 from backtal_jax import evaluation
 from backtal_jax import models
-from backtal_jax import optimizer
 from backtal_jax import postprocess
 from backtal_jax import reporting
 from backtal_jax import sharding
 from backtal_jax import train_state
 from backtal_jax import visualize
+from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
 
@@ -86,9 +86,22 @@ def selection_metric(summary: dict, name: str) -> float:
                    f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
 
 
+def videos_missing_from(detections: dict, split: datasets.EvalSplit) -> list[str]:
+  """Videos with detections that the split's ground-truth subset lacks: their detections can only
+  be false positives."""
+  videos = split.ground_truth.videos
+  return sorted(name for name in detections
+                if name not in videos or videos[name].subset != split.subset)
+
+
 def score_detections(detections: dict, split: datasets.EvalSplit,
                      config: ml_collections.ConfigDict) -> dict:
   """mAP per tIoU and the quoted averages; the selection metric under 'selection'."""
+  missing = videos_missing_from(detections, split)
+  if missing:
+    logging.warning('%d of %d videos are not in subset %r of %s, so their detections count as '
+                    'false positives: %s', len(missing), len(detections), split.subset,
+                    split.ground_truth.path, ', '.join(missing))
   thresholds = tuple(config.eval.tiou_thresholds)
   map_T, _ = evaluation.detection_map(split.ground_truth_json,
                                       reporting.detections_file(detections), subset=split.subset,
@@ -98,24 +111,35 @@ def score_detections(detections: dict, split: datasets.EvalSplit,
   return summary
 
 
+def plot_video(path: epath.PathLike, outputs: dict[str, np.ndarray], video: annotations.Video,
+               class_names, detections: list[dict]) -> None:
+  """The one call into `visualize`: the CAS of the video's ground-truth classes, or, for a video
+  nobody annotated, of the classes detected in it (else of its best-scoring class)."""
+  classes = video.labels or tuple(sorted({class_names.index(d['label']) for d in detections}))
+  classes = classes or (int(np.argmax(outputs['scores'][:-1])),)
+  visualize.plot_video(path, outputs['cas'], video, class_names, detections, classes=classes)
+
+
 class Evaluator:
   """A model on a mesh, turned into detections, scores and the files a researcher reads."""
 
   def __init__(self, config: ml_collections.ConfigDict, model: models.BackTAL,
-               mesh: jax.sharding.Mesh, workdir: str):
+               mesh: jax.sharding.Mesh, workdir: str = ''):
+    """`workdir`: where `evaluate` and `write_results` write (prediction writes elsewhere)."""
     self.config, self.mesh, self.workdir = config, mesh, workdir
     self.is_lead = jax.process_index() == 0
     self._eval_fn = jit_eval_step(model, mesh)
 
-  def detect(self, params, source: pipeline.Source, class_names, keep: int = 0
-             ) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
+  def detect(self, params, source: pipeline.Source, class_names, keep: int = 0,
+             batch_size: int = 0) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
     """Detections of every video of `source`, gathered from all processes, and the
     post-processing inputs (cas, scores, feature_norm) of the first `keep` videos this process
-    read, for plots."""
+    read, for plots. `batch_size`: global videos per step (0: config.eval.batch_size)."""
     config = self.config
     detections, kept = {}, {}
     for batch, metadata in pipeline.eval_batches(
-        source, global_batch_size=config.eval.batch_size, spec=datasets.batch_spec(config),
+        source, global_batch_size=batch_size or config.eval.batch_size,
+        spec=datasets.batch_spec(config),
         prefetch=config.data.prefetch, process_index=jax.process_index(),
         process_count=jax.process_count()):
       features = sharding.to_global_batch({'features': batch['features']},
@@ -144,19 +168,20 @@ class Evaluator:
       reporting.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
       logging.info('Evaluation %s on %s (%d videos, %.1f s):\n%s', tag, split.name,
                    len(detections), summary['seconds'], reporting.format_table(summary))
-      self.plot(tag, split, kept, detections)
+      self.plot(epath.Path(self.workdir) / 'plots' / tag, kept, split.ground_truth.videos,
+                split.ground_truth.class_names, detections)
     return summary
 
-  def plot(self, tag: str, split: datasets.EvalSplit, kept: dict, detections: dict) -> None:
+  def plot(self, folder: epath.PathLike, kept: dict, videos, class_names,
+           detections: dict) -> None:
+    """PNGs of the `kept` videos in `folder`; `videos` maps each name to its annotations.Video."""
     if not kept:
       return
-    folder = epath.Path(self.workdir) / 'plots' / tag
+    folder = epath.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, outputs in kept.items():
-      visualize.plot_video(folder / f'{name}.png', outputs['cas'],
-                           split.ground_truth.videos[name], split.ground_truth.class_names,
-                           detections[name])
-    logging.info('Plots of %d %s videos in %s', len(kept), split.name, folder)
+      plot_video(folder / f'{name}.png', outputs, videos[name], class_names, detections[name])
+    logging.info('Plots of %d videos in %s', len(kept), folder)
 
   def write_results(self, summary: dict, **record: Any) -> None:
     """results.json in the workdir: what picked the model, then its test summary."""
@@ -165,18 +190,24 @@ class Evaluator:
                                       {**record, **summary})
 
 
+def restore_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh
+                  ) -> tuple[models.BackTAL, Any]:
+  """The model of `config` and its parameters, replicated on `mesh`, from an orbax folder (a run's
+  best/ or checkpoints/) or an official .pth file; evaluation-only runs and prediction both load
+  theirs here."""
+  model = train_state.make_model(config)
+  params = checkpoint.restore_params(path, train_state.abstract_params(config, model, mesh))
+  return model, jax.device_put(params, sharding.replicated_sharding(mesh))
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluation only: config.eval.checkpoint (orbax folder or official .pth; default
   WORKDIR/best) on the test split, with detections, plots and results.json in `workdir`."""
   mesh = sharding.make_mesh()
   with jax.set_mesh(mesh):
     sharding.check_global_batch_size(config.eval.batch_size)
-    model = train_state.make_model(config)
-    state = train_state.create_train_state(config, model, optimizer.official_adam(config.train),
-                                           mesh)
     source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
-    params = checkpoint.restore_params(source, state)
-    params = jax.device_put(params, sharding.replicated_sharding(mesh))
+    model, params = restore_model(config, source, mesh)
     test = datasets.open_datasets(config, workdir).test
     evaluator = Evaluator(config, model, mesh, workdir)
     summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots)

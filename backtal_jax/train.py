@@ -231,7 +231,7 @@ def final_report(run: Run, state: TrainState, history: dict) -> None:
   run.checkpoints.wait_until_finished()
   if history['best_epoch'] == 0:
     return
-  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state)
+  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
   summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
                                    plots=run.config.eval.num_plots)
   run.evaluator.write_results(summary, best_epoch=history['best_epoch'],

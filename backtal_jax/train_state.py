@@ -24,6 +24,19 @@ def make_model(config: ml_collections.ConfigDict) -> models.BackTAL:
   return models.BackTAL(**config.model)
 
 
+def abstract_params(config: ml_collections.ConfigDict, model: models.BackTAL,
+                    mesh: jax.sharding.Mesh) -> Any:
+  """Shapes, dtypes and replicated shardings of the parameters: a restore target for evaluation
+  and prediction, built without initialising anything."""
+  features = jax.ShapeDtypeStruct((1, config.data.num_segments, config.model.feat_dim),
+                                  jnp.float32)
+  shapes = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros(features.shape))['params'],
+                          jax.random.key(0))
+  replicated = sharding.replicated_sharding(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                      shapes)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: models.BackTAL,
                        tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
   """Initialised state, built directly with replicated shardings (the big_vision way)."""

@@ -18,11 +18,12 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wron
 
 
 def plot_video(path: epath.PathLike, cas_TxC1: np.ndarray, video: annotations.Video,
-               class_names: Sequence[str], detections: Sequence[dict], max_detections: int = 8
-               ) -> None:
-  """One panel per ground-truth class of `video`: its CAS over time (seconds), the instances
-  shaded, and the class's best `max_detections` detections as bars at their score."""
-  classes = video.labels or (0,)
+               class_names: Sequence[str], detections: Sequence[dict], max_detections: int = 8,
+               classes: Sequence[int] = ()) -> None:
+  """One panel per class in `classes` (default: the ground-truth classes of `video`): its CAS
+  over time (seconds), the instances shaded, and the class's best `max_detections` detections as
+  bars at their score."""
+  classes = classes or video.labels or (0,)
   times_T = (np.arange(cas_TxC1.shape[0]) + 0.5) / cas_TxC1.shape[0] * video.duration
   figure, axes = plt.subplots(len(classes), 1, figsize=(10, 2.2 * len(classes)), squeeze=False)
   for ax, class_id in zip(axes[:, 0], classes):

@@ -71,7 +71,7 @@ def test_restore_params_reads_official_pth_files(tmp_path):
   torch = pytest.importorskip('torch')
   path = tmp_path / 'best.pth'
   torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in state_dict().items()}}, path)
-  params = checkpoint.restore_params(str(path), state_like=None)
+  params = checkpoint.restore_params(str(path), params_like=None)
   for ours, ref in zip(jax.tree.leaves(params), jax.tree.leaves(checkpoint.params_from_torch(
       state_dict()))):
     np.testing.assert_array_equal(ours, ref)

@@ -37,6 +37,11 @@ class Instance:
     return self.end - self.start
 
 
+def snippet_count(duration: float, fps: float, frames_per_snippet: int) -> int:
+  """The official test files' `frame_num`: the video's 16-frame I3D snippets, not its frames."""
+  return round(duration * fps / frames_per_snippet)
+
+
 @dataclasses.dataclass(frozen=True)
 class Video:
   """One annotated video; instances sorted by start time."""
@@ -47,8 +52,7 @@ class Video:
   instances: tuple[Instance, ...]
 
   def frame_num(self, frames_per_snippet: int) -> int:
-    """The official test files' `frame_num`: the video's 16-frame I3D snippets, not its frames."""
-    return round(self.duration * self.fps / frames_per_snippet)
+    return snippet_count(self.duration, self.fps, frames_per_snippet)
 
   @property
   def labels(self) -> tuple[int, ...]:

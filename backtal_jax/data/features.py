@@ -121,9 +121,18 @@ def _click_labels(path, value: np.ndarray, num_snippets: int, num_classes: int) 
   return labels
 
 
+def read_name(archive: np.lib.npyio.NpzFile, path) -> np.ndarray:
+  """The file's `vid_name`, checked to be one string."""
+  vid_name = _read_key(archive, path, 'vid_name')
+  if vid_name.dtype.kind not in 'US' or vid_name.size != 1:
+    raise FeatureFileError(
+        path, 'vid_name', f'expected one string, got {vid_name.dtype} of shape {vid_name.shape}')
+  return vid_name
+
+
 def read_video(path, *, num_classes: int, feature_dim: int = 2048,
                num_segments: int | None = None, require_clicks: bool = False,
-               require_metadata: bool = False) -> VideoRecord:
+               require_metadata: bool = False, require_labels: bool = True) -> VideoRecord:
   """Reads and validates one official feature file.
 
   Args:
@@ -133,6 +142,8 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
     num_segments: T if known; it also settles the layout of square arrays.
     require_clicks: `point_label` must be present (training splits).
     require_metadata: `frame_num`, `fps` and `duration` must be present (test splits).
+    require_labels: `cls_label` and `vid_name` must be present; without them (a video nobody
+      annotated) the labels are zeros and the name is the file name without its extension.
   """
   if feature_dim % 2:
     raise ValueError(f'feature_dim must be even (RGB and flow halves), got {feature_dim}')
@@ -153,14 +164,15 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
       raise FeatureFileError(
           path, 'feat_tem', f'{tem_TxH.shape[0]} snippets but feat_spa has {spa_TxH.shape[0]}')
     num_snippets = spa_TxH.shape[0]
-    video_labels = _as_numeric(path, 'cls_label', _read_key(archive, path, 'cls_label'))
+    video_labels = np.zeros((num_classes,), np.float32)
+    if require_labels or 'cls_label' in archive.files:
+      video_labels = _as_numeric(path, 'cls_label', _read_key(archive, path, 'cls_label'))
     if video_labels.shape != (num_classes,):
       raise FeatureFileError(
           path, 'cls_label', f'shape {video_labels.shape}, expected ({num_classes},)')
-    vid_name = _read_key(archive, path, 'vid_name')
-    if vid_name.dtype.kind not in 'US' or vid_name.size != 1:
-      raise FeatureFileError(
-          path, 'vid_name', f'expected one string, got {vid_name.dtype} of shape {vid_name.shape}')
+    vid_name = np.asarray(pathlib.Path(path).stem)
+    if require_labels or 'vid_name' in archive.files:
+      vid_name = read_name(archive, path)
     click_labels = None
     if require_clicks or 'point_label' in archive.files:
       click_labels = _click_labels(
@@ -179,6 +191,69 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
       fps=float(metadata['fps']) if 'fps' in metadata else None,
       duration=float(metadata['duration']) if 'duration' in metadata else None,
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class FileHeader:
+  """What a feature file says about itself, read without its features."""
+
+  vid_name: str | None  # None when the file stores no `vid_name`
+  num_snippets: int  # T as stored
+  frame_num: int | None  # None when absent, as the metadata below
+  fps: float | None
+  duration: float | None
+
+
+def stored_shape(path, key: str) -> tuple[int, ...]:
+  """The shape of array `key` of an .npz archive, from its .npy header alone."""
+  try:
+    with zipfile.ZipFile(path) as archive, archive.open(f'{key}.npy') as member:
+      version = np.lib.format.read_magic(member)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      return read_header(member)[0]
+  except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    raise FeatureFileError(path, key, f'unreadable, truncated or corrupt ({e})') from e
+
+
+def read_header(path, *, feature_dim: int) -> FileHeader:
+  """The name, snippet count and metadata of an official-layout file (only `feat_spa` and
+  `feat_tem` required, [F/2, T] as the official files store them, or [T, F/2]), checking the
+  feature shapes before any feature is read."""
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise FeatureFileError(path, 'feat_spa', f'not a readable .npz archive ({e})') from e
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise FeatureFileError(path, 'feat_spa', 'not an .npz archive (a bare .npy array)')
+  with archive:
+    lengths = {}
+    for key in ('feat_spa', 'feat_tem'):
+      if key not in archive.files:
+        raise FeatureFileError(path, key, f'missing (the file has {sorted(archive.files)})')
+      shape = stored_shape(path, key)
+      half = feature_dim // 2
+      if len(shape) != 2 or half not in shape:
+        raise FeatureFileError(path, key, f'shape {shape}, expected ({half}, T) channels-first '
+                               f'or (T, {half}) channels-last')
+      lengths[key] = shape[1] if shape[0] == half else shape[0]
+    if lengths['feat_spa'] != lengths['feat_tem']:
+      raise FeatureFileError(path, 'feat_tem', f'{lengths["feat_tem"]} snippets but feat_spa '
+                             f'has {lengths["feat_spa"]}')
+    metadata = {key: _scalar(path, key, _read_key(archive, path, key)).item()
+                for key in ('frame_num', 'fps', 'duration') if key in archive.files}
+    for key, value in metadata.items():
+      if not value > 0:
+        raise FeatureFileError(path, key, f'{value}, expected a positive number')
+    vid_name = None
+    if 'vid_name' in archive.files:
+      vid_name = read_name(archive, path).reshape(()).item()
+      vid_name = vid_name.decode() if isinstance(vid_name, bytes) else vid_name
+  return FileHeader(
+      vid_name=vid_name, num_snippets=lengths['feat_spa'],
+      frame_num=int(metadata['frame_num']) if 'frame_num' in metadata else None,
+      fps=float(metadata['fps']) if 'fps' in metadata else None,
+      duration=float(metadata['duration']) if 'duration' in metadata else None)
 
 
 def to_example(record: VideoRecord) -> dict:

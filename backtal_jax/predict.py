@@ -1,0 +1,57 @@
+"""Localises actions in videos nobody annotated, from their I3D features and a trained model.
+
+  python -m backtal_jax.predict --config=configs/thumos.py --checkpoint=WORKDIR/best \
+      --features=DIR_or_FILES --output=detections.json [--plots=DIR] \
+      [--ground_truth=GT.json --subset=test] [--metadata_csv=FILE | --duration=S --fps=F]
+
+Feature files: official-layout .npz (`feat_spa`, `feat_tem`; `vid_name`, `duration`, `fps`,
+`frame_num` used when present) or .npy [T, F]; any T. See README, "Predict on your own videos".
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from backtal_jax import logs
+from backtal_jax import predictor
+from backtal_jax import reporting
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]) '
+                                          'the model was trained with.', lock_config=True)
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Orbax folder (a run\'s best/ or '
+                                  'checkpoints/) or an official .pth file.')
+_FEATURES = flags.DEFINE_list('features', None, 'Feature files (.npz, .npy) and folders of them.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Detections JSON to write (ActivityNet results).')
+_PLOTS = flags.DEFINE_string('plots', '', 'If set, a folder for PNG plots of the first videos.')
+_NUM_PLOTS = flags.DEFINE_integer('num_plots', 8, 'How many videos --plots draws.')
+_GROUND_TRUTH = flags.DEFINE_string('ground_truth', '', 'If set, a ground-truth JSON (or shipped '
+                                    'name) to score the detections against.')
+_SUBSET = flags.DEFINE_string('subset', '', 'Ground-truth subset scored (default: '
+                              'config.eval.subset).')
+_METADATA_CSV = flags.DEFINE_string('metadata_csv', '', 'CSV with columns vid_name,duration,fps '
+                                    'for videos whose files lack them.')
+_DURATION = flags.DEFINE_float('duration', None, 'Duration in seconds of every video whose file '
+                               'and CSV row lack one.')
+_FPS = flags.DEFINE_float('fps', None, 'Frame rate of every video whose file and CSV row lack one.')
+flags.mark_flags_as_required(['config', 'checkpoint', 'features', 'output'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logs.quiet_library_logs()
+  try:
+    summary = predictor.predict(
+        _CONFIG.value, _CHECKPOINT.value, _FEATURES.value, _OUTPUT.value, plots=_PLOTS.value,
+        num_plots=_NUM_PLOTS.value, ground_truth=_GROUND_TRUTH.value, subset=_SUBSET.value,
+        metadata_csv=_METADATA_CSV.value, duration=_DURATION.value, fps=_FPS.value)
+  except (ValueError, OSError) as e:
+    sys.exit(f'error: {e}')
+  if summary is not None:
+    print(reporting.format_table(summary))
+
+
+if __name__ == '__main__':
+  app.run(main)
