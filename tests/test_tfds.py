@@ -11,7 +11,7 @@ from configs import thumos
 from backtal_jax.data import pipeline
 
 pytest.importorskip('tensorflow_datasets', reason="the optional 'tfds' extra is not installed")
-from backtal_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from backtal_jax.data import tfds_builder  # pylint: disable=wrong-import-position
 
 SPEC = pipeline.BatchSpec(num_segments=npz_files.NUM_SEGMENTS, feature_dim=npz_files.FEATURE_DIM,
                           num_classes=npz_files.NUM_CLASSES)

@@ -84,7 +84,7 @@ def read_without_torch(tmp_path_factory):
     save(folder / name, zip_format, layout)
     paths.append(str(folder / name))
   result = subprocess.run([sys.executable, '-c', READER, *paths], capture_output=True, text=True,
-                          env={**os.environ}, check=False, timeout=120)
+                          check=False, timeout=120)
   assert result.returncode == 0, result.stderr
   return folder, result.stdout
 
@@ -147,7 +147,8 @@ def test_tensor_subclass_globals_are_refused(tmp_path):
 def test_views_and_dtypes_match_torch(tmp_path):
   base = torch.arange(24, dtype=torch.float64).reshape(4, 6)
   tensors = {'transposed': base.t(), 'row': base[2], 'strided': base[:, ::2],
-             'half': torch.linspace(-2, 2, 7).half(), 'bfloat16': torch.linspace(-2, 2, 7).bfloat16(),
+             'half': torch.linspace(-2, 2, 7).half(),
+             'bfloat16': torch.linspace(-2, 2, 7).bfloat16(),
              'int': torch.arange(5, dtype=torch.int64), 'bool': torch.tensor([True, False]),
              'scalar': torch.tensor(2.5), 'empty': torch.zeros(0, 3)}
   for zip_format in (True, False):
