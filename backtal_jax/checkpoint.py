@@ -1,7 +1,10 @@
 """Checkpoints: orbax for backtal_jax runs, and the official PyTorch state dicts and .pth files.
 
 The official modules are Conv1d layers with weights [out, in, k]; backtal_jax keeps Flax layouts
-(Dense kernels [in, out], Conv kernels [k, in, out]) under the same module names.
+(Dense kernels [in, out], Conv kernels [k, in, out]) under the same module names. .pth files are
+read by `torch_pickle`, without PyTorch. Every restore first compares the checkpoint's parameter
+shapes with the config's model (`check_param_shapes`), so that a width mismatch is one message
+naming the parameter, not a deep Flax or tensorstore error.
 """
 
 import pathlib
@@ -212,8 +215,9 @@ def check_param_shapes(found: Any, expected: Any, source: str, *,
                             f'model expects {want}{hint}')
   for path, shape in found_shapes.items():
     if path not in expected_shapes:
-      name, _ = describe(path, shape)
-      raise CheckpointError(f'{source}: parameter {name} is not part of the config\'s model')
+      name, have = describe(path, shape)
+      raise CheckpointError(f'{source}: parameter {name} (shape {have}) is not part of the '
+                            'config\'s model')
 
 
 def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
