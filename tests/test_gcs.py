@@ -104,11 +104,11 @@ def test_debug_training_on_gs_killed_and_resumed(emulator, tmp_path):
     first = subprocess.Popen(train_command(workdir), cwd=REPO, env=env, stdout=log,
                              stderr=subprocess.STDOUT)
   try:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a guard against a hang only: shared CI machines are slow
     while 'runs/debug/checkpoints/3/commit_success.txt' not in object_names(
         emulator, 'runs/debug/checkpoints/'):
       assert first.poll() is None, (tmp_path / 'first.log').read_text()[-3000:]
-      assert time.monotonic() < deadline, 'no checkpoint after 120 s'
+      assert time.monotonic() < deadline, 'no checkpoint after 600 s'
       time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
   finally:
@@ -118,7 +118,7 @@ def test_debug_training_on_gs_killed_and_resumed(emulator, tmp_path):
   assert not object_names(emulator, 'runs/debug/results.json')  # it did not finish
 
   resumed = subprocess.run(train_command(workdir), cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=180, check=False)
+                           text=True, timeout=600, check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   resumed_from = [line for line in resumed.stderr.splitlines() if 'Resumed from step' in line]
   assert resumed_from, resumed.stderr[-3000:]
