@@ -1,7 +1,10 @@
 """Checkpoints: orbax for backtal_jax runs, and the official PyTorch state dicts and .pth files.
 
 The official modules are Conv1d layers with weights [out, in, k]; backtal_jax keeps Flax layouts
-(Dense kernels [in, out], Conv kernels [k, in, out]) under the same module names.
+(Dense kernels [in, out], Conv kernels [k, in, out]) under the same module names. .pth files are
+read by `torch_pickle`, without PyTorch. Every restore first compares the checkpoint's parameter
+shapes with the config's model (`check_param_shapes`), so that a width mismatch is one message
+naming the parameter, not a deep Flax or tensorstore error.
 """
 
 import pathlib
@@ -9,8 +12,12 @@ from typing import Any, Mapping
 
 from etils import epath
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from backtal_jax import models
+from backtal_jax import torch_pickle
 
 # official name -> (flax path, kernel size of the Conv1d, has a bias)
 _LAYERS = {
@@ -39,7 +46,7 @@ class CheckpointError(ValueError):
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-  if hasattr(value, 'detach'):
+  if hasattr(value, 'detach'):  # a torch tensor, when the caller passes a state dict of them
     value = value.detach().cpu().numpy()
   return np.asarray(value)
 
@@ -131,24 +138,95 @@ def _find_state_dict(loaded: Any, path: pathlib.Path) -> Mapping[str, Any]:
   return nested[0]
 
 
-def load_official_checkpoint(path: str | pathlib.Path) -> dict:
-  """Flax parameters from an official .pth file (needs the optional `torch` extra)."""
+def load_official_checkpoint(path: str | pathlib.Path, params_like: Any = None) -> dict:
+  """Flax parameters from an official .pth file (zip or legacy serialisation), without PyTorch.
+
+  Args:
+    path: the .pth file, a state dict or a dict holding one (the official {'epoch',
+      'state_dict'}), with or without DataParallel's `module.` prefix.
+    params_like: if given, the parameters the config's model makes (e.g. `model_param_shapes`);
+      the file's widths are checked against them.
+  """
   path = pathlib.Path(path)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("Reading official .pth checkpoints needs PyTorch: pip install "
-                      "'backtal_jax[torch]'") from e
   if not path.is_file():
     raise FileNotFoundError(f'No checkpoint at {path}')
   try:
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # torch raises several types for a corrupt or unsafe file
-    raise CheckpointError(f'{path}: cannot be read as a PyTorch checkpoint ({e})') from e
+    loaded = torch_pickle.load(path)
+  except torch_pickle.TorchFileError as e:
+    raise CheckpointError(f'{path}: {e}') from e
   try:
-    return params_from_torch(_find_state_dict(loaded, path))
+    params = params_from_torch(_find_state_dict(loaded, path))
   except CheckpointError as e:
     raise CheckpointError(f'{path}: {e}') from e
+  if params_like is not None:
+    check_param_shapes(params, params_like, str(path), official_names=True)
+  return params
+
+
+def model_param_shapes(config: ml_collections.ConfigDict) -> Any:
+  """The parameter shapes the config's model creates (nothing is allocated)."""
+  model = models.BackTAL(**config.model)
+  features = jax.ShapeDtypeStruct((1, config.data.num_segments, config.model.feat_dim), np.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), features)['params']
+
+
+def _official_name_and_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]
+                             ) -> tuple[str, tuple[int, ...]]:
+  """The official tensor name and shape ([out, in, k]) of a Flax parameter, for messages."""
+  for name, (flax_path, _, _) in _LAYERS.items():
+    if tuple(path[:-1]) == flax_path:
+      if path[-1] == 'bias':
+        return f'{name}.bias', tuple(flax_shape)
+      if len(flax_shape) == 2:
+        return f'{name}.weight', (flax_shape[1], flax_shape[0], 1)
+      return f'{name}.weight', tuple(reversed(flax_shape))
+  return '/'.join(path), tuple(flax_shape)
+
+
+def _shapes_by_path(params: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {tuple(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+          for path, leaf in leaves}
+
+
+def check_param_shapes(found: Any, expected: Any, source: str, *,
+                       official_names: bool = False) -> None:
+  """Raises one CheckpointError naming the first parameter whose shape differs between a
+  checkpoint (`found`) and the config's model (`expected`), with both shapes; parameter trees of
+  arrays or of anything with a `.shape` (ShapeDtypeStruct, orbax metadata)."""
+  found_shapes, expected_shapes = _shapes_by_path(found), _shapes_by_path(expected)
+
+  def describe(path, shape):
+    if official_names:
+      return _official_name_and_shape(path, shape)
+    return '/'.join(path), shape
+
+  hint = ('; the widths come from config.model (num_classes, feat_dim, hidden_dim, filter_dim, '
+          'embed_hidden_dim, embed_dim)')
+  for path, shape in expected_shapes.items():
+    if path not in found_shapes:
+      name, want = describe(path, shape)
+      raise CheckpointError(f'{source}: parameter {name} is missing; the config\'s model has it '
+                            f'with shape {want}')
+    if found_shapes[path] != shape:
+      name, have = describe(path, found_shapes[path])
+      _, want = describe(path, shape)
+      raise CheckpointError(f'{source}: parameter {name} has shape {have}, but the config\'s '
+                            f'model expects {want}{hint}')
+  for path, shape in found_shapes.items():
+    if path not in expected_shapes:
+      name, have = describe(path, shape)
+      raise CheckpointError(f'{source}: parameter {name} (shape {have}) is not part of the '
+                            'config\'s model')
+
+
+def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The parameter shapes of an orbax step, from its metadata (no array is read): best/ steps
+  hold the parameters alone, checkpoints/ steps hold them inside the TrainState."""
+  step_dir = manager.directory / str(step)
+  if (step_dir / 'params').exists():  # best/: the parameters alone
+    return ocp.StandardCheckpointHandler().metadata(step_dir / 'params').tree
+  return ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree['params']
 
 
 class Checkpoints:
@@ -186,7 +264,10 @@ class Checkpoints:
 
   def restore_latest(self, state_like: Any) -> tuple[Any, dict]:
     """The latest checkpoint, sharded like `state_like` (a TrainState or its abstract shapes)."""
-    return restore(self.latest, self.latest.latest_step(), state_like)
+    step = self.latest.latest_step()
+    check_param_shapes(stored_param_shapes(self.latest, step), state_like.params,
+                       str(self.latest.directory / str(step)))
+    return restore(self.latest, step, state_like)
 
   def wait_until_finished(self) -> None:
     self.latest.wait_until_finished()
@@ -221,7 +302,7 @@ def restore_params(path: str, params_like: Any) -> Any:
   (a run's workdir/best or workdir/checkpoints), sharded like `params_like` (parameters or their
   abstract shapes)."""
   if str(path).endswith('.pth'):
-    return load_official_checkpoint(path)
+    return load_official_checkpoint(path, params_like)
   if not epath.Path(path).is_dir():  # checked first: a CheckpointManager would create the folder
     raise FileNotFoundError(f'No checkpoint folder at {path} (config.eval.checkpoint): give an '
                             'orbax folder such as WORKDIR/best, or an official .pth file')
@@ -232,6 +313,8 @@ def restore_params(path: str, params_like: Any) -> Any:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
+    check_param_shapes(stored_param_shapes(manager, step), params_like,
+                       str(manager.directory / str(step)))
     return _params_from_step(manager, step,
                              jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
   finally:

@@ -23,7 +23,7 @@ Usage: $PROG COMMAND [options] [-- --config.a.b=value ...]
 Commands
   create   create the TPU VM; retries with backoff while the zone is out of capacity
   setup    on every worker: copy (or clone) the repo, make a Python venv, install the package
-           and the TPU build of JAX
+           with its gcs extra (gs:// workdirs) and the TPU build of JAX
   run      start 'python -m backtal_jax.main --config=... --workdir=... --distributed' on every
            worker (in the background, each writing its own log), then stream worker 0's log; the
            exit status is worker 0's
@@ -234,7 +234,8 @@ cmd_setup() {
     "$fetch_code"
     "python3 -m pip install --user --quiet --upgrade uv"
     "{ [ -x $venv/bin/python ] || python3 -m uv venv --quiet --python $(printf '%q' "$PYTHON_VERSION") $venv; }"
-    "python3 -m uv pip install --quiet --python $venv/bin/python --upgrade -e $dir $(printf '%q' "$JAX_SPEC")"
+    # the gcs extra: gcsfs, through which etils.epath writes to a gs:// workdir
+    "python3 -m uv pip install --quiet --python $venv/bin/python --upgrade -e $dir'[gcs]' $(printf '%q' "$JAX_SPEC")"
     "$venv/bin/python -c 'import jax; print(jax.process_index(), jax.local_device_count(), jax.device_count())'"
   )
   local joined

@@ -1,10 +1,13 @@
 """Official state dicts and .pth files -> backtal_jax parameters."""
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from backtal_jax import checkpoint, models
+from backtal_jax import checkpoint, models, train_state
 from tests import reference
 
 
@@ -67,11 +70,20 @@ def test_official_pth_file(tmp_path, nested):
     np.testing.assert_array_equal(ours, ref)
 
 
+def fixture_config():
+  return reference.config_for(reference.load('model_thumos_small'), 'float32')
+
+
+def params_like(config):
+  """What restore_params restores into: the shapes of the config's model parameters."""
+  return checkpoint.model_param_shapes(config)
+
+
 def test_restore_params_reads_official_pth_files(tmp_path):
   torch = pytest.importorskip('torch')
   path = tmp_path / 'best.pth'
   torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in state_dict().items()}}, path)
-  params = checkpoint.restore_params(str(path), params_like=None)
+  params = checkpoint.restore_params(str(path), params_like(fixture_config()))
   for ours, ref in zip(jax.tree.leaves(params), jax.tree.leaves(checkpoint.params_from_torch(
       state_dict()))):
     np.testing.assert_array_equal(ours, ref)
@@ -83,3 +95,44 @@ def test_unreadable_pth_file_names_the_path(tmp_path):
   path.write_bytes(b'not a checkpoint')
   with pytest.raises(checkpoint.CheckpointError, match='broken.pth'):
     checkpoint.load_official_checkpoint(path)
+
+
+def test_pth_widths_are_checked_against_the_config(tmp_path):
+  torch = pytest.importorskip('torch')
+  path = tmp_path / 'best.pth'
+  torch.save({'state_dict': {k: torch.from_numpy(v) for k, v in state_dict().items()}}, path)
+  config = fixture_config()
+  found_hidden, feat = config.model.hidden_dim, config.model.feat_dim
+  config.model.hidden_dim = found_hidden + 8
+  with pytest.raises(checkpoint.CheckpointError) as error:
+    checkpoint.restore_params(str(path), params_like(config))
+  assert str(error.value) == (
+      f"{path}: parameter base_module.conv_1.weight has shape ({found_hidden}, {feat}, 3), but "
+      f"the config's model expects ({found_hidden + 8}, {feat}, 3); the widths come from "
+      'config.model (num_classes, feat_dim, hidden_dim, filter_dim, embed_hidden_dim, embed_dim)')
+
+
+def test_orbax_widths_are_checked_before_restoring(tmp_path):
+  saved_config, wider_config = fixture_config(), fixture_config()
+  wider_config.model.embed_dim += 4
+
+  def state(params):
+    return train_state.TrainState(step=jnp.ones((), jnp.int32), params=params, opt_state=(),
+                            rng=jnp.zeros(2, jnp.uint32))
+
+  saved = state(jax.tree.map(jnp.asarray, checkpoint.params_from_torch(state_dict())))
+  wider = state(checkpoint.model_param_shapes(wider_config))
+  checkpoints = checkpoint.Checkpoints(str(tmp_path))
+  checkpoints.save(saved, {'position': {}}, is_best=True)
+  checkpoints.wait_until_finished()
+  hidden, embed = saved_config.model.embed_hidden_dim, saved_config.model.embed_dim
+  expected = (f'parameter embedding_module/conv_2/bias has shape ({embed},), but the '
+              f"config's model expects ({embed + 4},)")
+  with pytest.raises(checkpoint.CheckpointError, match=rf'checkpoints/1: {re.escape(expected)}'):
+    checkpoints.restore_latest(wider)
+  with pytest.raises(checkpoint.CheckpointError, match=rf'best/1: {re.escape(expected)}'):
+    checkpoint.restore_params(str(tmp_path / 'best'), wider.params)
+  restored, _ = checkpoints.restore_latest(
+      state(checkpoint.model_param_shapes(saved_config)))
+  assert restored.params['embedding_module']['conv_2']['kernel'].shape == (3, hidden, embed)
+  checkpoints.close()

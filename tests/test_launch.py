@@ -140,7 +140,11 @@ def test_setup_installs_on_every_worker(standins):
   assert ssh[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'tal'] and '--worker=all' in ssh
   remote = flag(ssh, 'command')
   assert 'tar -xzf' in remote
-  assert "-e \"$HOME\"/backtal_jax jax\\[tpu\\]" in remote
+  package = '"$HOME"/backtal_jax\'[gcs]\''
+  assert f"-e {package} jax\\[tpu\\]" in remote
+  expanded = subprocess.run(['bash', '-c', f'printf %s {package}'], env={'HOME': '/home/me'},
+                            capture_output=True, text=True, check=True).stdout
+  assert expanded == '/home/me/backtal_jax[gcs]'  # the gcs extra (gcsfs), for gs:// workdirs
 
 
 def test_setup_can_clone_instead(standins):

@@ -9,7 +9,9 @@ import pytest
 from tests import npz_files
 from configs import thumos
 from backtal_jax.data import pipeline
-from backtal_jax.data import tfds_builder
+
+pytest.importorskip('tensorflow_datasets', reason="the optional 'tfds' extra is not installed")
+from backtal_jax.data import tfds_builder  # pylint: disable=wrong-import-position
 
 SPEC = pipeline.BatchSpec(num_segments=npz_files.NUM_SEGMENTS, feature_dim=npz_files.FEATURE_DIM,
                           num_classes=npz_files.NUM_CLASSES)

@@ -6,6 +6,7 @@ scored against their ground truth, so the test split is only looked at once, at 
 """
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -107,7 +108,7 @@ def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Pat
   filesystem they find it built; on a host's own disk they build the same (seeded) copy. Every
   process reaches the barrier, so none pairs it with another collective.
   """
-  root = epath.Path(config.data.features_root or epath.Path(workdir) / 'synthetic_data')
+  root = epath.Path(config.data.features_root or default_synthetic_root(config, workdir))
   if jax.process_index() == 0:
     _build_once(config.data.synthetic, root)
   if jax.process_count() > 1:
@@ -115,6 +116,16 @@ def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Pat
     if jax.process_index() != 0:
       _build_once(config.data.synthetic, root)
   return root
+
+
+def default_synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
+  """WORKDIR/synthetic_data; for a workdir on an object store (gs://) a folder under the home
+  directory instead, one per settings, since the testbed is written and read as local files."""
+  if '://' not in str(workdir):
+    return epath.Path(workdir) / 'synthetic_data'
+  settings = json.dumps(config.data.synthetic.to_dict(), sort_keys=True).encode()
+  return (epath.Path('~').expanduser() / 'backtal_synthetic_data' /
+          hashlib.sha256(settings).hexdigest()[:12])
 
 
 def _build_once(synthetic_config: ml_collections.ConfigDict, root: epath.Path) -> None:

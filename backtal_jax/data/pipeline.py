@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 
 from backtal_jax.data import features
-from backtal_jax.data import tfds_builder
 
 
 class Source(Protocol):
@@ -92,9 +91,21 @@ def open_source(data_config: ml_collections.ConfigDict, split: str, *, num_class
         feature_dim=data_config.feature_dim, num_segments=data_config.num_segments,
         require_clicks=train, require_metadata=not train)
   if data_config.source == 'tfds':
-    return TfdsSource(tfds_builder.data_source(
-        data_config.tfds_name, split, data_dir=data_config.tfds_data_dir))
+    return TfdsSource(open_tfds(data_config.tfds_name, split, data_config.tfds_data_dir))
   raise ValueError(f"config.data.source must be 'npz' or 'tfds', got {data_config.source!r}")
+
+
+def open_tfds(name: str, split: str, data_dir: str | None) -> Sequence[dict]:
+  """The built TFDS split. tensorflow-datasets is an extra (it brings pyarrow, array_record and
+  more), so it is imported here, by the runs that read it, and not by every run."""
+  try:
+    from backtal_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(
+        f"config.data.source='tfds' reads the TFDS copy through tensorflow-datasets, which is not "
+        f"installed ({e}): pip install 'backtal_jax[tfds]', or set config.data.source='npz'"
+    ) from None
+  return tfds_builder.data_source(name, split, data_dir=data_dir)
 
 
 @dataclasses.dataclass(frozen=True)

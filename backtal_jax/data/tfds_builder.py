@@ -132,7 +132,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # Defined here, not at import: train.py imports this module and has its own --config.
+  # Defined here, not at import: a program importing this module may have its own --config.
   flags.DEFINE_enum('config', 'thumos14', [c.name for c in CONFIGS], 'Dataset to build.')
   flags.DEFINE_string('manual_dir', None, 'Directory holding <split>/*.npz.', required=True)
   flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the dataset.')
