@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from backtal_jax import errors
+
 # official name -> (flax path, kernel size of the Conv1d, has a bias)
 _LAYERS = {
     'filter_module.conv_1.0': (('filter_module', 'conv_1'), 1, True),
@@ -34,7 +36,7 @@ _CHAINED = [
 _FEATURE_READERS = ['filter_module.conv_1.0', 'embedding_module.conv_1', 'base_module.conv_1']
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A state dict that does not describe a BackTAL network."""
 
 

@@ -8,6 +8,7 @@ model jitted and post-processing plus mAP on the host.
 import dataclasses
 import functools
 import json
+import os
 import signal
 import time
 from typing import Any
@@ -23,15 +24,19 @@ import numpy as np
 import optax
 
 from backtal_jax import checkpoint
+from backtal_jax import errors
 from backtal_jax import evaluation
+from backtal_jax import finiteness
 from backtal_jax import losses
 from backtal_jax import metric_writer
 from backtal_jax import models
 from backtal_jax import optimizer
 from backtal_jax import postprocess
+from backtal_jax import preflight
 from backtal_jax import reporting
 from backtal_jax import sharding
 from backtal_jax import visualize
+from backtal_jax import workdir_lock
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
 
@@ -184,22 +189,35 @@ def selection_metric(summary: dict, name: str) -> float:
                    f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @dataclasses.dataclass
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step, so it can save and stop cleanly."""
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks at its sync points, so it can
+  save and stop cleanly; a second signal ends the process at once, without saving."""
   requested: bool = False
+  signum: int = 0  # the first signal received
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint after this step, then stopping.')
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested:
+      logging.warning('%s received again: stopping now, without saving.', name)
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    logging.warning('%s received: saving a checkpoint within config.train.log_every_steps steps, '
+                    'then stopping (send it again to stop at once, without saving).', name)
+    self.requested, self.signum = True, signum
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def any_process(flag: bool) -> bool:
@@ -215,12 +233,10 @@ def mean_metrics(metrics: list[dict]) -> dict[str, float]:
   return {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
 
 
-def check_finite(means: dict[str, float], step: int, workdir: str, checkpoints) -> None:
-  bad = {k: v for k, v in means.items() if not np.isfinite(v)}
-  if bad:
-    raise FloatingPointError(
-        f'Non-finite loss at step {step}: {bad}. The last good checkpoint is step '
-        f'{checkpoints.latest_step()} under {workdir}/checkpoints; it is kept.')
+def check_finite(run: 'Run', state: TrainState, watch: finiteness.StepWatch) -> None:
+  """Before anything is saved: every step since the last check left a finite loss and state."""
+  watch.check(state, lambda index: run.data.train[index]['vid_name'],
+              run.checkpoints.latest_step(), str(epath.Path(run.workdir) / 'checkpoints'))
 
 
 def format_duration(seconds: float) -> str:
@@ -236,11 +252,11 @@ class Run:
     self.workdir = workdir
     self.is_lead = jax.process_index() == 0
     self.mesh = mesh
-    sharding.check_global_batch_size(config.train.batch_size)
-    sharding.check_global_batch_size(config.eval.batch_size)
+    preflight.check_config(config, mesh.size)
     self.model = make_model(config)
     self.tx = optimizer.official_adam(config.train)
     self.data = datasets.open_datasets(config, workdir)
+    preflight.check_data(config, datasets.features_root(config, workdir))
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
@@ -281,9 +297,10 @@ class Run:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains for config.train.num_epochs, evaluating and checkpointing each epoch; resumes from the
-  latest checkpoint in `workdir`. Returns the final state (or the state at a SIGTERM)."""
+  latest checkpoint in `workdir`. Returns the final state; raises errors.Stopped after saving a
+  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock."""
   mesh = sharding.make_mesh()
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0):
     run = Run(config, workdir, mesh)
     try:
       return _train_loop(run)
@@ -307,6 +324,7 @@ def _train_loop(run: Run) -> TrainState:
   loader = run.data.train_loader(position)
   step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state)
   eval_fn = jit_eval_step(run.model, run.mesh)
+  history = evaluate_pending_epoch(run, state, history, eval_fn)
   data_sharding = sharding.batch_sharding(run.mesh)
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.train.num_epochs * steps_per_epoch
@@ -314,19 +332,22 @@ def _train_loop(run: Run) -> TrainState:
   started = time.monotonic()
   epoch_metrics: list[dict] = []
   guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
+  watch = finiteness.StepWatch()
   try:
     with Preemption() as preemption:
       for step in range(first_step + 1, total_steps + 1):
-        batch = sharding.to_global_batch(next(loader), data_sharding)
+        host_batch = next(loader)
+        batch = sharding.to_global_batch(host_batch, data_sharding)
         with jax.transfer_guard(guard):
           state, metrics = step_fn(state, batch)
+        watch.record(step, state, metrics['loss'], host_batch['index'])
         epoch_metrics.append(metrics)
         end_of_epoch = step % steps_per_epoch == 0
         # Host syncs (metrics, the cross-host SIGTERM vote) only here, so steps dispatch ahead.
         sync_point = step % config.train.log_every_steps == 0 or end_of_epoch
         if sync_point:
+          check_finite(run, state, watch)
           means = mean_metrics(epoch_metrics[-config.train.log_every_steps:])
-          check_finite(means, step, run.workdir, run.checkpoints)
           run.writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
         if end_of_epoch:
           rate = (step - first_step) / (time.monotonic() - started)
@@ -338,9 +359,7 @@ def _train_loop(run: Run) -> TrainState:
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
                                          'history': history})
-          logging.warning('Stopped at step %d after SIGTERM; rerun with the same workdir to '
-                          'resume.', step)
-          return state
+          raise errors.Stopped(preemption.signum or signal.SIGTERM, step)
   finally:
     loader.close()
   final_report(run, state, history, eval_fn)
@@ -358,22 +377,54 @@ def log_epoch(run: Run, epoch: int, step: int, total_steps: int, means: dict, ra
 
 def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition, history: dict,
                  eval_fn) -> dict:
-  """Evaluates on the selection split if due, then checkpoints (and keeps the best apart)."""
+  """Evaluates on the selection split if due, then checkpoints (and keeps the best apart).
+
+  A bad value in an evaluation file is only seen when it is read; if the evaluation fails, the
+  epoch's checkpoint is saved all the same, marked so that a rerun evaluates it first.
+  """
   config = run.config
   epoch = position.epoch
-  is_best = False
-  if epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs:
-    summary = run.evaluate(state.params, eval_fn, run.data.selection, f'epoch_{epoch:03d}')
-    run.writer.write_scalars(int(state.step), {
-        **{f'{run.data.selection.name}/mAP@{t:.2f}': m
-           for t, m in zip(summary['tiou'], summary['mAP'])},
-        **{f'{run.data.selection.name}/average_mAP_{k}': v
-           for k, v in summary['average_mAP'].items()}})
-    is_best = summary['selection'] > history['best']
-    if is_best:
-      history = {'best': summary['selection'], 'best_epoch': epoch}
-  run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
-                       is_best=is_best)
+  record = {'position': position.to_dict(), 'history': history}
+  if not (epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs):
+    run.checkpoints.save(state, record)
+    return history
+  try:
+    history, is_best = evaluate_epoch(run, state, epoch, history, eval_fn)
+  except Exception:
+    run.checkpoints.save(state, {**record, 'history': {**history, 'pending_evaluation': epoch}})
+    logging.error('The evaluation of epoch %d failed. Its checkpoint (step %d) is saved: fix the '
+                  'problem below and rerun with the same workdir, which evaluates it first.',
+                  epoch, int(state.step))
+    raise
+  run.checkpoints.save(state, {**record, 'history': history}, is_best=is_best)
+  return history
+
+
+def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict, eval_fn
+                   ) -> tuple[dict, bool]:
+  """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
+  summary = run.evaluate(state.params, eval_fn, run.data.selection, f'epoch_{epoch:03d}')
+  run.writer.write_scalars(int(state.step), {
+      **{f'{run.data.selection.name}/mAP@{t:.2f}': m
+         for t, m in zip(summary['tiou'], summary['mAP'])},
+      **{f'{run.data.selection.name}/average_mAP_{k}': v
+         for k, v in summary['average_mAP'].items()}})
+  if summary['selection'] > history['best']:
+    return {'best': summary['selection'], 'best_epoch': epoch}, True
+  return history, False
+
+
+def evaluate_pending_epoch(run: Run, state: TrainState, history: dict, eval_fn) -> dict:
+  """A resumed run first evaluates the epoch whose evaluation failed (see finish_epoch)."""
+  epoch = history.get('pending_evaluation')
+  if not epoch:
+    return history
+  logging.info('Evaluating epoch %d first: its evaluation did not finish.', epoch)
+  history = {k: v for k, v in history.items() if k != 'pending_evaluation'}
+  history, is_best = evaluate_epoch(run, state, epoch, history, eval_fn)
+  if is_best:
+    run.checkpoints.save(state, {'position': {'epoch': epoch, 'step': 0}, 'history': history},
+                         is_best=True)
   return history
 
 

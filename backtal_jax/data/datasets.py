@@ -100,6 +100,14 @@ class Supervised:
     return example
 
 
+def features_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
+  """The folder holding <split>/*.npz: config.data.features_root, or where the synthetic testbed
+  is built when that is unset."""
+  if config.data.source == 'synthetic' and not config.data.features_root:
+    return epath.Path(workdir) / 'synthetic_data'
+  return epath.Path(config.data.features_root)
+
+
 def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
   """Builds the semi-synthetic testbed once per filesystem.
 
@@ -107,7 +115,7 @@ def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Pat
   filesystem they find it built; on a host's own disk they build the same (seeded) copy. Every
   process reaches the barrier, so none pairs it with another collective.
   """
-  root = epath.Path(config.data.features_root or epath.Path(workdir) / 'synthetic_data')
+  root = features_root(config, workdir)
   if jax.process_index() == 0:
     _build_once(config.data.synthetic, root)
   if jax.process_count() > 1:

@@ -15,10 +15,10 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app
 from absl import flags
 from etils import epath
 
+from backtal_jax import errors
 from backtal_jax.data import features
 
 
@@ -136,4 +136,4 @@ if __name__ == '__main__':
   flags.DEFINE_enum('config', 'thumos14', [c.name for c in CONFIGS], 'Dataset to build.')
   flags.DEFINE_string('manual_dir', None, 'Directory holding <split>/*.npz.', required=True)
   flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the dataset.')
-  app.run(main)
+  errors.run(main)
