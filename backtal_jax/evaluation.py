@@ -42,7 +42,7 @@ def load_json(source: JsonSource, what: str) -> tuple[Mapping[str, Any], str]:
   try:
     with open(name) as f:
       return json.load(f), name
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise errors.UserError(f'{name}: malformed JSON ({e})') from None
 
 

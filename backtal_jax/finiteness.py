@@ -82,7 +82,7 @@ def diverged_message(step: int, loss: float, leaves: Sequence[str], videos: Sequ
           'and is kept; a rerun with the same workdir resumes from there.'
           if last_saved is not None else
           'No checkpoint had been written yet; a rerun starts from the beginning.')
-  return (f'Training diverged at step {step} (loss {loss}); non-finite state after it: '
+  return (f'Training diverged at step {step} (loss {loss:.4g}); non-finite state after it: '
           f'{named or "none (the loss alone)"}. The batch of that step held the videos '
           f'{videos}. Nothing of it is saved. {kept} Check those videos\' feature files, or '
           'lower config.train.learning_rate.')

@@ -110,7 +110,8 @@ def _feature_half(archive, path, key: str, half_width: int, num_segments: int | 
   beyond float32's range pass the check on the stored values and become inf in the model."""
   value = _channels_last(path, key, _as_numeric(path, key, _read_key(archive, path, key)),
                          half_width, num_segments)
-  value_TxH = value.astype(np.float32)
+  with np.errstate(over='ignore'):
+    value_TxH = value.astype(np.float32)
   finite = np.isfinite(value_TxH)
   if not finite.all():
     raise FeatureFileError(
