@@ -2,8 +2,8 @@
 
 The loss of a step is computed before its update, so a step whose update overflows reports a
 finite loss and leaves NaN parameters behind; a checkpoint of them would be resumed from and fail
-again. `StepWatch` dispatches an all-finite reduction of the parameters and optimiser moments after
-each step (no host sync: the flags are fetched at the loop's sync points, which come before every
+again. `StepWatch` dispatches a per-leaf all-finite reduction of the parameters and optimiser
+moments after each step (no host sync: the flags are fetched at the loop's sync points, which come before every
 save) and names the first bad step, its non-finite leaves and the videos of its batch.
 """
 
@@ -23,31 +23,33 @@ class DivergedError(errors.UserError):
   """Training produced a non-finite loss or state; nothing of it was saved."""
 
 
-def _float_leaves(tree: Any) -> list:
-  return [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+def _watched(state: Any) -> tuple:
+  """What a checkpoint holds besides the step and the RNG: parameters, then optimiser moments."""
+  return state.params, state.opt_state
 
 
 @jax.jit
-def all_finite(tree: Any) -> jax.Array:
-  """True iff every floating-point value of `tree` is finite (one reduction on the device)."""
-  flags = [jnp.isfinite(x).all() for x in _float_leaves(tree)]
-  return jnp.stack(flags).all() if flags else jnp.asarray(True)
+def finite_leaves(tree: Any) -> jax.Array:
+  """One flag per floating-point leaf of `tree` (flatten order): all its values are finite."""
+  flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(flags) if flags else jnp.ones((0,), bool)
 
 
-def nonfinite_leaves(tree: Any) -> list[str]:
-  """Paths of the floating-point leaves of `tree` that hold a NaN or an infinity."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  bad = []
-  for path, leaf in flat:
-    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.isfinite(leaf).all()):
-      bad.append(jax.tree_util.keystr(path))
-  return bad
+def float_leaf_names(state: Any) -> list[str]:
+  """Names of the leaves `finite_leaves(_watched(state))` flags, e.g. params['classifier']..."""
+  names = []
+  for label, tree in zip(('params', 'opt_state'), _watched(state)):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        names.append(label + jax.tree_util.keystr(path))
+  return names
 
 
 @dataclasses.dataclass
 class _Step:
   step: int
-  state_finite: jax.Array  # device scalar, fetched at the next check
+  finite_L: jax.Array  # one flag per floating-point leaf, on the device until the next check
   loss: jax.Array
   indices: np.ndarray  # dataset indices of this process's rows (-1: padding)
 
@@ -59,16 +61,17 @@ class StepWatch:
     self._steps: list[_Step] = []
 
   def record(self, step: int, state: Any, loss: jax.Array, indices: np.ndarray) -> None:
-    self._steps.append(_Step(step, all_finite((state.params, state.opt_state)), loss, indices))
+    self._steps.append(_Step(step, finite_leaves(_watched(state)), loss, indices))
 
   def check(self, state: Any, video_name: Callable[[int], str], last_saved: int | None,
             checkpoint_dir: str) -> None:
     """Raises DivergedError if a step since the last check left a non-finite loss or state."""
     steps, self._steps = self._steps, []
-    fetched = jax.device_get([(s.state_finite, s.loss) for s in steps])
-    for entry, (state_finite, loss) in zip(steps, fetched):
-      if not (state_finite and np.isfinite(loss)):
-        leaves = nonfinite_leaves({'params': state.params, 'opt_state': state.opt_state})
+    fetched = jax.device_get([(s.finite_L, s.loss) for s in steps])
+    for entry, (finite_L, loss) in zip(steps, fetched):
+      if not (finite_L.all() and np.isfinite(loss)):
+        names = float_leaf_names(state)
+        leaves = [names[i] for i in np.flatnonzero(~finite_L)]
         videos = [video_name(int(i)) for i in entry.indices if i >= 0]
         raise DivergedError(diverged_message(entry.step, float(loss), leaves, videos, last_saved,
                                              checkpoint_dir))
