@@ -19,10 +19,22 @@ from absl import logging
 _FILE_SYSTEM_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 USER_ERROR_STATUS = 1  # exit status of a user error
 INTERRUPTED_STATUS = 128 + signal.SIGINT  # Ctrl-C before the training loop took over the signal
+MAX_PROBLEMS = 25  # problems listed in one report; the rest are counted
 
 
 class UserError(ValueError):
   """A mistake in the input (file, flag, config value) that the user can fix; never a bug."""
+
+
+class Problems(UserError):
+  """Several user errors found by one check, reported together (up to MAX_PROBLEMS)."""
+
+  def __init__(self, problems: Sequence[str], when: str):
+    listed = list(problems[:MAX_PROBLEMS])
+    more = len(problems) - len(listed)
+    lines = [f'{len(problems)} problem(s) found {when}:'] + [f'  - {p}' for p in listed]
+    super().__init__('\n'.join(lines + ([f'  ... and {more} more'] if more else [])))
+    self.problems = list(problems)
 
 
 class Stopped(Exception):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from backtal_jax import errors
 from backtal_jax import preflight
 from backtal_jax.data import features
 from configs import thumos
@@ -117,8 +118,8 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
 
 
 def test_a_long_report_is_cut_at_the_limit():
-  error = preflight.PreflightError([f'problem {i}' for i in range(preflight.MAX_PROBLEMS + 5)])
+  error = preflight.PreflightError([f'problem {i}' for i in range(errors.MAX_PROBLEMS + 5)])
   message = str(error)
-  assert f'problem {preflight.MAX_PROBLEMS - 1}' in message
-  assert f'problem {preflight.MAX_PROBLEMS}\n' not in message
+  assert f'problem {errors.MAX_PROBLEMS - 1}' in message
+  assert f'problem {errors.MAX_PROBLEMS}\n' not in message
   assert message.endswith('... and 5 more')
