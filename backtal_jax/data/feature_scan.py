@@ -80,6 +80,24 @@ def _metadata_problems(value: np.ndarray, key: str) -> list[str]:
   return []
 
 
+def _vid_name(archive) -> tuple[str | None, list[str]]:
+  value = archive['vid_name']
+  if value.dtype.kind not in 'US' or value.size != 1:
+    return None, [f'expected one string, got {value.dtype} of shape {value.shape}']
+  return str(value.reshape(()).item()), []
+
+
+def _small_key_problems(archive, key: str, num_classes: int, num_segments: int) -> list[str]:
+  value = _small_array(archive, key)
+  if isinstance(value, str):
+    return [value]
+  if key == 'cls_label':
+    return _cls_label_problems(value, num_classes)
+  if key == 'point_label':
+    return _point_label_problems(value, num_segments, num_classes)
+  return _metadata_problems(value, key)
+
+
 def scan_file(path, *, num_classes: int, half_width: int, num_segments: int,
               train: bool) -> tuple[str | None, list[str]]:
   """(vid_name or None, problems) of one feature file, reading headers and small keys only."""
@@ -99,16 +117,9 @@ def scan_file(path, *, num_classes: int, half_width: int, num_segments: int,
         if key.startswith('feat_'):
           found = _feature_problems(archive, key, half_width, num_segments)
         elif key == 'vid_name':
-          value = archive[key]
-          found = [] if value.dtype.kind in 'US' and value.size == 1 else [
-              f'expected one string, got {value.dtype} of shape {value.shape}']
-          vid_name = str(value.reshape(()).item()) if not found else None
+          vid_name, found = _vid_name(archive)
         else:
-          value = _small_array(archive, key)
-          found = [value] if isinstance(value, str) else (
-              _cls_label_problems(value, num_classes) if key == 'cls_label' else
-              _point_label_problems(value, num_segments, num_classes) if key == 'point_label'
-              else _metadata_problems(value, key))
+          found = _small_key_problems(archive, key, num_classes, num_segments)
       except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         found = [f'unreadable, truncated or corrupt ({e})']
       problems += [f'{path}: key {key!r}: {p}' for p in found]
