@@ -3,8 +3,9 @@
 The loss of a step is computed before its update, so a step whose update overflows reports a
 finite loss and leaves NaN parameters behind; a checkpoint of them would be resumed from and fail
 again. `StepWatch` dispatches a per-leaf all-finite reduction of the parameters and optimiser
-moments after each step (no host sync: the flags are fetched at the loop's sync points, which come before every
-save) and names the first bad step, its non-finite leaves and the videos of its batch.
+moments after each step (no host sync: the flags are fetched at the loop's sync points, which come
+before every save) and names the first bad step, its non-finite leaves and the videos of its
+batch.
 """
 
 import dataclasses
