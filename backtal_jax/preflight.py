@@ -117,6 +117,11 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
         f'{config.data.train_split}/*.npz and {config.data.test_split}/*.npz, the official I3D '
         'features published with BackTAL (github.com/VividLe/BackTAL, "Data Preparation"), e.g. '
         '--config.data.features_root=/data/THUMOS14; or run a :synthetic config variant.')
+  elif config.data.source == 'npz':
+    for split in (config.data.train_split, config.data.test_split):
+      if not (epath.Path(config.data.features_root) / split).is_dir():
+        problems.append(f'config.data.features_root: {config.data.features_root}/{split} is not '
+                        'a directory (expected one .npz per video of that split in it)')
   problems += _raised(lambda: datasets.check_shapes(config))
   if not config.eval.ground_truth:
     problems.append('config.eval.ground_truth is not set: give the ground-truth JSON of the '

@@ -377,26 +377,29 @@ def log_epoch(run: Run, epoch: int, step: int, total_steps: int, means: dict, ra
 
 def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition, history: dict,
                  eval_fn) -> dict:
-  """Evaluates on the selection split if due, then checkpoints (and keeps the best apart).
+  """Checkpoints, then evaluates on the selection split if due (and keeps the best apart).
 
-  A bad value in an evaluation file is only seen when it is read; if the evaluation fails, the
-  epoch's checkpoint is saved all the same, marked so that a rerun evaluates it first.
+  The checkpoint comes first, marked as awaiting its evaluation, so that an evaluation that fails
+  (a bad value in a file is only seen when it is read) or is killed costs no training: a rerun
+  evaluates that epoch first (again, if it had finished: the same numbers), then goes on.
   """
   config = run.config
   epoch = position.epoch
-  record = {'position': position.to_dict(), 'history': history}
-  if not (epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs):
-    run.checkpoints.save(state, record)
+  due = epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs
+  pending = {'pending_evaluation': epoch} if due else {}
+  run.checkpoints.save(state, {'position': position.to_dict(), 'history': {**history, **pending}})
+  if not due:
     return history
   try:
     history, is_best = evaluate_epoch(run, state, epoch, history, eval_fn)
   except Exception:
-    run.checkpoints.save(state, {**record, 'history': {**history, 'pending_evaluation': epoch}})
     logging.error('The evaluation of epoch %d failed. Its checkpoint (step %d) is saved: fix the '
                   'problem below and rerun with the same workdir, which evaluates it first.',
                   epoch, int(state.step))
     raise
-  run.checkpoints.save(state, {**record, 'history': history}, is_best=is_best)
+  if is_best:
+    run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
+                         is_best=True)
   return history
 
 
@@ -415,11 +418,11 @@ def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict, eval_
 
 
 def evaluate_pending_epoch(run: Run, state: TrainState, history: dict, eval_fn) -> dict:
-  """A resumed run first evaluates the epoch whose evaluation failed (see finish_epoch)."""
+  """A run resumed from an epoch's checkpoint first evaluates that epoch (see finish_epoch)."""
   epoch = history.get('pending_evaluation')
   if not epoch:
     return history
-  logging.info('Evaluating epoch %d first: its evaluation did not finish.', epoch)
+  logging.info('Evaluating epoch %d first: the run stopped after its checkpoint.', epoch)
   history = {k: v for k, v in history.items() if k != 'pending_evaluation'}
   history, is_best = evaluate_epoch(run, state, epoch, history, eval_fn)
   if is_best:

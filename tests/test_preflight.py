@@ -94,6 +94,7 @@ def test_the_features_themselves_are_not_read(tmp_path):
 
 
 def test_every_config_problem_is_reported_at_once(tmp_path):
+  (tmp_path / 'train').mkdir()
   config = small_config(tmp_path)
   config.train.batch_size = 10
   config.eval.batch_size = 6
@@ -104,6 +105,7 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
   config.model.dtype = 'float16'
   problems = preflight.config_problems(config, 4)
   expected = [
+      f'config.data.features_root: {tmp_path}/test is not a directory',
       'config.train.batch_size is 10, expected a positive multiple of the device count (4)',
       'config.eval.batch_size is 6, expected a positive multiple of the device count (4)',
       "config.train.selection_metric is 'map@0.55', expected 'average' or 'map@X'",
