@@ -36,12 +36,13 @@ class PreflightError(errors.Problems):
     super().__init__(problems, 'before the first step')
 
 
-def _raised(check: Callable[[], object], prefix: str = '') -> list[str]:
-  """The message of the ValueError, KeyError or OSError `check` raises, as a problem."""
+def _raised(check: Callable[[], object]) -> list[str]:
+  """The message of the ValueError, KeyError or OSError `check` raises, as a problem: the existing
+  checks of datasets, supervision and annotations, collected instead of stopping at the first."""
   try:
     check()
   except (ValueError, KeyError, OSError) as e:
-    return [prefix + (e.args[0] if isinstance(e, KeyError) and e.args else str(e))]
+    return [e.args[0] if isinstance(e, KeyError) and e.args else str(e)]
   return []
 
 
