@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from backtal_jax import errors
 from backtal_jax import models
 from backtal_jax import torch_pickle
 
@@ -41,7 +42,7 @@ _CHAINED = [
 _FEATURE_READERS = ['filter_module.conv_1.0', 'embedding_module.conv_1', 'base_module.conv_1']
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A state dict that does not describe a BackTAL network."""
 
 

@@ -7,12 +7,13 @@ By default both protocols' thresholds are scored (0.1:0.9 for THUMOS14, 0.5:0.95
 ActivityNet); each quoted average is printed when all of its thresholds were scored.
 """
 
-import sys
+import os
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
 
+from backtal_jax import errors
 from backtal_jax import evaluation
 from backtal_jax import reporting
 
@@ -28,9 +29,9 @@ def parse_thresholds(values: Sequence[str]) -> tuple[float, ...]:
   try:
     thresholds = tuple(float(v) for v in values)
   except ValueError as e:
-    raise ValueError(f'--tiou: {e}') from None
+    raise errors.UserError(f'--tiou: {e}') from None
   if not thresholds or any(not 0 < t <= 1 for t in thresholds):
-    raise ValueError(f'--tiou: thresholds must lie in (0, 1], got {list(values)}')
+    raise errors.UserError(f'--tiou: thresholds must lie in (0, 1], got {list(values)}')
   return thresholds
 
 
@@ -43,14 +44,19 @@ def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSo
           **reporting.summarize(map_T, thresholds)}
 
 
+def check_output_folder(output_json: str) -> None:
+  """Before any work: the summary must have somewhere to go."""
+  folder = os.path.dirname(os.path.abspath(output_json)) if output_json else ''
+  if folder and not os.path.isdir(folder):
+    raise errors.UserError(f'--output_json={output_json}: folder {folder} does not exist')
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    summary = evaluate(_GROUND_TRUTH.value, _PREDICTIONS.value, _SUBSET.value,
-                       parse_thresholds(_TIOU.value))
-  except (ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
+  check_output_folder(_OUTPUT_JSON.value)
+  summary = evaluate(_GROUND_TRUTH.value, _PREDICTIONS.value, _SUBSET.value,
+                     parse_thresholds(_TIOU.value))
   print(reporting.format_table(summary))
   if _OUTPUT_JSON.value:
     reporting.write_json_atomically(_OUTPUT_JSON.value, summary)
@@ -58,4 +64,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['ground_truth', 'predictions', 'subset'])
-  app.run(main)
+  errors.run(main)

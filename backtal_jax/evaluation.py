@@ -18,7 +18,8 @@ rank of a prediction inside its pair, vectorised over all pairs and all threshol
 
 Differences from the official evaluator, none of which changes a valid result: a prediction whose
 label is a class of the ground-truth file absent from the subset is ignored (the official code
-stops with a KeyError); malformed input gives one ValueError naming the file and the video.
+stops with a KeyError); malformed input gives one UserError (a ValueError) naming the file and the
+video.
 """
 
 import json
@@ -27,6 +28,8 @@ import os
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
+
+from backtal_jax import errors
 
 JsonSource = Union[str, os.PathLike, Mapping[str, Any]]
 
@@ -39,13 +42,13 @@ def load_json(source: JsonSource, what: str) -> tuple[Mapping[str, Any], str]:
   try:
     with open(name) as f:
       return json.load(f), name
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{name}: malformed JSON ({e})') from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise errors.UserError(f'{name}: malformed JSON ({e})') from None
 
 
 def _field(data: Mapping[str, Any], key: str, name: str) -> Any:
   if not isinstance(data, Mapping) or key not in data:
-    raise ValueError(f'{name}: no {key!r} field at the top level')
+    raise errors.UserError(f'{name}: no {key!r} field at the top level')
   return data[key]
 
 
@@ -58,20 +61,30 @@ def ground_truth_instances(ground_truth: Mapping[str, Any], subset: str, name: s
   class_index, video_index = {}, {}
   video, label, start, end = [], [], [], []
   known_labels = set(ground_truth.get('activity_list', ()))
+  if not isinstance(database, Mapping):
+    raise errors.UserError(f"{name}: 'database' must map video names to entries, got "
+                           f'{type(database).__name__}')
   for video_id, entry in database.items():
-    annotations = entry.get('annotations', ())
-    known_labels.update(ann['label'] for ann in annotations)
-    if entry.get('subset') != subset:
-      continue
+    try:
+      annotations = entry.get('annotations', ())
+      known_labels.update(ann['label'] for ann in annotations)
+      if entry.get('subset') != subset:
+        continue
+      segments = [(ann['label'], float(ann['segment'][0]), float(ann['segment'][1]))
+                  for ann in annotations]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:
+      raise errors.UserError(
+          f"{name}: video {video_id!r}: malformed entry (expected {{'subset', 'annotations': "
+          f"[{{'label', 'segment': [start, end]}}, ...]}}; {type(e).__name__}: {e})") from None
     video_index.setdefault(video_id, len(video_index))
-    for ann in annotations:
-      class_index.setdefault(ann['label'], len(class_index))
+    for ann_label, ann_start, ann_end in segments:
+      class_index.setdefault(ann_label, len(class_index))
       video.append(video_index[video_id])
-      label.append(class_index[ann['label']])
-      start.append(float(ann['segment'][0]))
-      end.append(float(ann['segment'][1]))
+      label.append(class_index[ann_label])
+      start.append(ann_start)
+      end.append(ann_end)
   if not label:
-    raise ValueError(f'{name}: subset {subset!r} has no ground-truth instance')
+    raise errors.UserError(f'{name}: subset {subset!r} has no ground-truth instance')
   return (list(class_index), video_index, known_labels, np.asarray(video, np.int64),
           np.asarray(label, np.int64), np.asarray(start), np.asarray(end))
 
@@ -83,25 +96,31 @@ def prediction_instances(predictions: Mapping[str, Any], class_names: Sequence[s
   Returns (video_P, label_P, start_P, end_P, score_P) in file order.
   """
   results = _field(predictions, 'results', name)
+  if not isinstance(results, Mapping):
+    raise errors.UserError(f"{name}: 'results' must map video names to lists of detections, got "
+                           f'{type(results).__name__} {str(results)[:60]}')
   class_index = {c: i for i, c in enumerate(class_names)}
   video, label, start, end, score = [], [], [], [], []
   for video_id, detections in results.items():
     v = video_index.get(video_id, -1)
+    if not isinstance(detections, list):
+      raise errors.UserError(f'{name}: video {video_id!r}: expected a list of detections, got '
+                             f'{type(detections).__name__}')
     for det in detections:
       try:
         det_label, (det_start, det_end), det_score = det['label'], det['segment'], det['score']
         det_start, det_end, det_score = float(det_start), float(det_end), float(det_score)
       except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise errors.UserError(
             f'{name}: video {video_id!r}: malformed prediction {det!r} ({e})') from None
       if det_label not in known_labels:
-        raise ValueError(f'{name}: video {video_id!r}: label {det_label!r} is not a class of '
+        raise errors.UserError(f'{name}: video {video_id!r}: label {det_label!r} is not a class of '
                          'the ground truth')
       if not (math.isfinite(det_start) and math.isfinite(det_end)) or det_end < det_start:
-        raise ValueError(f'{name}: video {video_id!r}: bad segment {det["segment"]!r} '
+        raise errors.UserError(f'{name}: video {video_id!r}: bad segment {det["segment"]!r} '
                          '(must be finite with end >= start)')
       if not math.isfinite(det_score):
-        raise ValueError(f'{name}: video {video_id!r}: non-finite score {det["score"]!r}')
+        raise errors.UserError(f'{name}: video {video_id!r}: non-finite score {det["score"]!r}')
       video.append(v)
       label.append(class_index.get(det_label, -1))
       start.append(det_start)

@@ -19,9 +19,11 @@ import ml_collections
 import numpy as np
 
 from backtal_jax import checkpoint
+from backtal_jax import errors
 from backtal_jax import evaluation
 from backtal_jax import models
 from backtal_jax import postprocess
+from backtal_jax import preflight
 from backtal_jax import reporting
 from backtal_jax import sharding
 from backtal_jax import train_state
@@ -82,7 +84,7 @@ def selection_metric(summary: dict, name: str) -> float:
     matches = np.flatnonzero(np.isclose(summary['tiou'], float(name[4:])))
     if matches.size:
       return summary['mAP'][int(matches[0])]
-  raise ValueError(f"config.train.selection_metric must be 'average' or 'map@X' with X among "
+  raise errors.UserError(f"config.train.selection_metric must be 'average' or 'map@X' with X among "
                    f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
 
 
@@ -205,10 +207,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   WORKDIR/best) on the test split, with detections, plots and results.json in `workdir`."""
   mesh = sharding.make_mesh()
   with jax.set_mesh(mesh):
-    sharding.check_global_batch_size(config.eval.batch_size)
+    preflight.check_config(config, mesh.size)
     source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
     model, params = restore_model(config, source, mesh)
     test = datasets.open_datasets(config, workdir).test
+    preflight.check_data(config, datasets.features_root(config, workdir))
     evaluator = Evaluator(config, model, mesh, workdir)
     summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots)
     evaluator.write_results(summary, checkpoint=source)

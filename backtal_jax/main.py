@@ -9,6 +9,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from backtal_jax import errors
 from backtal_jax import evaluator
 from backtal_jax import logs
 from backtal_jax import train
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

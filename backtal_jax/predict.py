@@ -8,12 +8,11 @@ Feature files: official-layout .npz (`feat_spa`, `feat_tem`; `vid_name`, `durati
 `frame_num` used when present) or .npy [T, F]; any T. See README, "Predict on your own videos".
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from backtal_jax import errors
 from backtal_jax import logs
 from backtal_jax import predictor
 from backtal_jax import reporting
@@ -42,16 +41,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_library_logs()
-  try:
-    summary = predictor.predict(
-        _CONFIG.value, _CHECKPOINT.value, _FEATURES.value, _OUTPUT.value, plots=_PLOTS.value,
-        num_plots=_NUM_PLOTS.value, ground_truth=_GROUND_TRUTH.value, subset=_SUBSET.value,
-        metadata_csv=_METADATA_CSV.value, duration=_DURATION.value, fps=_FPS.value)
-  except (ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
+  summary = predictor.predict(
+      _CONFIG.value, _CHECKPOINT.value, _FEATURES.value, _OUTPUT.value, plots=_PLOTS.value,
+      num_plots=_NUM_PLOTS.value, ground_truth=_GROUND_TRUTH.value, subset=_SUBSET.value,
+      metadata_csv=_METADATA_CSV.value, duration=_DURATION.value, fps=_FPS.value)
   if summary is not None:
     print(reporting.format_table(summary))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

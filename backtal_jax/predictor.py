@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from backtal_jax import errors
 from backtal_jax import evaluator
 from backtal_jax import reporting
 from backtal_jax import sharding
@@ -29,7 +30,7 @@ def class_names_for(config: ml_collections.ConfigDict,
   (the one the model was trained with)."""
   ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
   if ground_truth.num_classes != config.model.num_classes:
-    raise ValueError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
+    raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
                      f'config.model.num_classes is {config.model.num_classes}')
   return ground_truth.class_names
 
@@ -74,10 +75,10 @@ class Predictor:
     features_TxF = np.asarray(features_TxF)
     feature_dim = self.config.data.feature_dim
     if features_TxF.ndim != 2 or features_TxF.shape[1] != feature_dim or not len(features_TxF):
-      raise ValueError(f'{name}: features of shape {features_TxF.shape}, expected (T, '
+      raise errors.UserError(f'{name}: features of shape {features_TxF.shape}, expected (T, '
                        f'{feature_dim}) with T >= 1')
     if frame_num is None and fps is None:
-      raise ValueError(f'{name}: give fps (or frame_num) with the duration')
+      raise errors.UserError(f'{name}: give fps (or frame_num) with the duration')
     if frame_num is None:
       frame_num = annotations.snippet_count(duration, fps, self.config.data.frames_per_snippet)
     video = unannotated.UnannotatedVideo(
@@ -113,7 +114,7 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
   truth = annotations.load_ground_truth(ground_truth) if ground_truth else None
   subset = subset or config.eval.subset
   if truth and not any(video.subset == subset for video in truth.videos.values()):
-    raise ValueError(f'{truth.path}: no video in subset {subset!r} (--subset); subsets: '
+    raise errors.UserError(f'{truth.path}: no video in subset {subset!r} (--subset); subsets: '
                      f'{sorted({video.subset for video in truth.videos.values()})}')
   predictor = Predictor(config, checkpoint, class_names_for(config, truth))
   started = time.monotonic()

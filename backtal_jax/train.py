@@ -7,6 +7,7 @@ epoch goes through backtal_jax.evaluator.
 
 import dataclasses
 import functools
+import os
 import signal
 import time
 
@@ -19,14 +20,18 @@ import numpy as np
 import optax
 
 from backtal_jax import checkpoint
+from backtal_jax import errors
 from backtal_jax import evaluator
+from backtal_jax import finiteness
 from backtal_jax import losses
 from backtal_jax import metric_writer
 from backtal_jax import models
 from backtal_jax import optimizer
+from backtal_jax import preflight
 from backtal_jax import reporting
 from backtal_jax import sharding
 from backtal_jax import train_state
+from backtal_jax import workdir_lock
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
 from backtal_jax.train_state import TrainState
@@ -60,22 +65,35 @@ def jit_train_step(model, tx, config, mesh, state: TrainState):
       donate_argnums=0)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @dataclasses.dataclass
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step, so it can save and stop cleanly."""
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks at its sync points, so it can
+  save and stop cleanly; a second signal ends the process at once, without saving."""
   requested: bool = False
+  signum: int = 0  # the first signal received
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint after this step, then stopping.')
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested:
+      logging.warning('%s received again: stopping now, without saving.', name)
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+      return
+    logging.warning('%s received: saving a checkpoint within config.train.log_every_steps steps, '
+                    'then stopping (send it again to stop at once, without saving).', name)
+    self.requested, self.signum = True, signum
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def any_process(flag: bool) -> bool:
@@ -91,12 +109,10 @@ def mean_metrics(metrics: list[dict]) -> dict[str, float]:
   return {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
 
 
-def check_finite(means: dict[str, float], step: int, workdir: str, checkpoints) -> None:
-  bad = {k: v for k, v in means.items() if not np.isfinite(v)}
-  if bad:
-    raise FloatingPointError(
-        f'Non-finite loss at step {step}: {bad}. The last good checkpoint is step '
-        f'{checkpoints.latest_step()} under {workdir}/checkpoints; it is kept.')
+def check_finite(run: 'Run', state: TrainState, watch: finiteness.StepWatch) -> None:
+  """Before anything is saved: every step since the last check left a finite loss and state."""
+  watch.check(state, lambda index: run.data.train[index]['vid_name'],
+              run.checkpoints.latest_step(), str(epath.Path(run.workdir) / 'checkpoints'))
 
 
 def format_duration(seconds: float) -> str:
@@ -112,11 +128,11 @@ class Run:
     self.workdir = workdir
     self.is_lead = jax.process_index() == 0
     self.mesh = mesh
-    sharding.check_global_batch_size(config.train.batch_size)
-    sharding.check_global_batch_size(config.eval.batch_size)
+    preflight.check_config(config, mesh.size)
     self.model = train_state.make_model(config)
     self.tx = optimizer.official_adam(config.train)
     self.data = datasets.open_datasets(config, workdir)
+    preflight.check_data(config, datasets.features_root(config, workdir))
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
@@ -131,9 +147,10 @@ class Run:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains for config.train.num_epochs, evaluating and checkpointing each epoch; resumes from the
-  latest checkpoint in `workdir`. Returns the final state (or the state at a SIGTERM)."""
+  latest checkpoint in `workdir`. Returns the final state; raises errors.Stopped after saving a
+  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock."""
   mesh = sharding.make_mesh()
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0):
     run = Run(config, workdir, mesh)
     try:
       return _train_loop(run)
@@ -156,6 +173,7 @@ def _train_loop(run: Run) -> TrainState:
   state, position, history = _restore_or_init(run)
   loader = run.data.train_loader(position)
   step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state)
+  history = evaluate_pending_epoch(run, state, history)
   data_sharding = sharding.batch_sharding(run.mesh)
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.train.num_epochs * steps_per_epoch
@@ -163,19 +181,22 @@ def _train_loop(run: Run) -> TrainState:
   started = time.monotonic()
   epoch_metrics: list[dict] = []
   guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
+  watch = finiteness.StepWatch()
   try:
     with Preemption() as preemption:
       for step in range(first_step + 1, total_steps + 1):
-        batch = sharding.to_global_batch(next(loader), data_sharding)
+        host_batch = next(loader)
+        batch = sharding.to_global_batch(host_batch, data_sharding)
         with jax.transfer_guard(guard):
           state, metrics = step_fn(state, batch)
+        watch.record(step, state, metrics['loss'], host_batch['index'])
         epoch_metrics.append(metrics)
         end_of_epoch = step % steps_per_epoch == 0
         # Host syncs (metrics, the cross-host SIGTERM vote) only here, so steps dispatch ahead.
         sync_point = step % config.train.log_every_steps == 0 or end_of_epoch
         if sync_point:
+          check_finite(run, state, watch)
           means = mean_metrics(epoch_metrics[-config.train.log_every_steps:])
-          check_finite(means, step, run.workdir, run.checkpoints)
           run.writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
         if end_of_epoch:
           rate = (step - first_step) / (time.monotonic() - started)
@@ -187,9 +208,7 @@ def _train_loop(run: Run) -> TrainState:
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
                                          'history': history})
-          logging.warning('Stopped at step %d after SIGTERM; rerun with the same workdir to '
-                          'resume.', step)
-          return state
+          raise errors.Stopped(preemption.signum or signal.SIGTERM, step)
   finally:
     loader.close()
   final_report(run, state, history)
@@ -207,22 +226,57 @@ def log_epoch(run: Run, epoch: int, step: int, total_steps: int, means: dict, ra
 
 def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
                  history: dict) -> dict:
-  """Evaluates on the selection split if due, then checkpoints (and keeps the best apart)."""
+  """Checkpoints, then evaluates on the selection split if due (and keeps the best apart).
+
+  The checkpoint comes first, marked as awaiting its evaluation, so that an evaluation that fails
+  (a bad value in a file is only seen when it is read) or is killed costs no training: a rerun
+  evaluates that epoch first (again, if it had finished: the same numbers), then goes on.
+  """
   config = run.config
   epoch = position.epoch
-  is_best = False
-  if epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs:
-    summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}')
-    run.writer.write_scalars(int(state.step), {
-        **{f'{run.data.selection.name}/mAP@{t:.2f}': m
-           for t, m in zip(summary['tiou'], summary['mAP'])},
-        **{f'{run.data.selection.name}/average_mAP_{k}': v
-           for k, v in summary['average_mAP'].items()}})
-    is_best = summary['selection'] > history['best']
-    if is_best:
-      history = {'best': summary['selection'], 'best_epoch': epoch}
-  run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
-                       is_best=is_best)
+  due = epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs
+  pending = {'pending_evaluation': epoch} if due else {}
+  run.checkpoints.save(state, {'position': position.to_dict(), 'history': {**history, **pending}})
+  if not due:
+    return history
+  try:
+    history, is_best = evaluate_epoch(run, state, epoch, history)
+  except Exception:
+    logging.error('The evaluation of epoch %d failed. Its checkpoint (step %d) is saved: fix the '
+                  'problem below and rerun with the same workdir, which evaluates it first.',
+                  epoch, int(state.step))
+    raise
+  if is_best:
+    run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
+                         is_best=True)
+  return history
+
+
+def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
+                   ) -> tuple[dict, bool]:
+  """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
+  summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}')
+  run.writer.write_scalars(int(state.step), {
+      **{f'{run.data.selection.name}/mAP@{t:.2f}': m
+         for t, m in zip(summary['tiou'], summary['mAP'])},
+      **{f'{run.data.selection.name}/average_mAP_{k}': v
+         for k, v in summary['average_mAP'].items()}})
+  if summary['selection'] > history['best']:
+    return {'best': summary['selection'], 'best_epoch': epoch}, True
+  return history, False
+
+
+def evaluate_pending_epoch(run: Run, state: TrainState, history: dict) -> dict:
+  """A run resumed from an epoch's checkpoint first evaluates that epoch (see finish_epoch)."""
+  epoch = history.get('pending_evaluation')
+  if not epoch:
+    return history
+  logging.info('Evaluating epoch %d first: the run stopped after its checkpoint.', epoch)
+  history = {k: v for k, v in history.items() if k != 'pending_evaluation'}
+  history, is_best = evaluate_epoch(run, state, epoch, history)
+  if is_best:
+    run.checkpoints.save(state, {'position': {'epoch': epoch, 'step': 0}, 'history': history},
+                         is_best=True)
   return history
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from backtal_jax import checkpoint
+from backtal_jax import errors
 from backtal_jax import evaluation
-from backtal_jax import sharding
 from backtal_jax import evaluator
+from backtal_jax import sharding
 from backtal_jax import train
 from backtal_jax import train_state
 from backtal_jax.data import annotations
@@ -142,6 +143,8 @@ class PreemptedAfter:
   at its sync points only; in the debug config (3 steps an epoch, logging every 2) those are steps
   2, 3, 4 and 6, so checks=3 stops mid-epoch, at step 4."""
 
+  signum = 15  # SIGTERM
+
   def __init__(self, checks):
     self.checks, self.calls = checks, 0
 
@@ -162,10 +165,11 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, 
                                                             monkeypatch):
   reference, _ = uninterrupted
   monkeypatch.setattr(train, 'Preemption', lambda: PreemptedAfter(checks=3))
-  stopped, workdir = run(tmp_path, testbed, 'preempted')
-  assert int(stopped.step) == 4
-  manager = checkpoint.Checkpoints(str(workdir))
-  _, record = manager.restore_latest(stopped)
+  with pytest.raises(errors.Stopped) as stop:
+    run(tmp_path, testbed, 'preempted')
+  assert (stop.value.step, stop.value.exit_status) == (4, 128 + 15)
+  manager = checkpoint.Checkpoints(str(tmp_path / 'preempted'))
+  _, record = manager.restore_latest(reference)
   manager.close()
   assert pipeline.DataPosition.from_dict(record['position']) == pipeline.DataPosition(1, 1)
   monkeypatch.undo()
@@ -174,11 +178,12 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, 
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_sigterm_sets_the_preemption_flag():
+@pytest.mark.parametrize('signum', [15, 2])  # SIGTERM, SIGINT (Ctrl-C)
+def test_sigterm_and_ctrl_c_set_the_preemption_flag(signum):
   with train.Preemption() as preemption:
     assert not preemption.requested
-    os.kill(os.getpid(), 15)
-    assert preemption.requested
+    os.kill(os.getpid(), signum)
+    assert preemption.requested and preemption.signum == signum
 
 
 def test_same_losses_on_one_and_four_devices(testbed, tmp_path):

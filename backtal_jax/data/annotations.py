@@ -16,13 +16,19 @@ import os
 import pathlib
 from typing import Any, Mapping, Sequence
 
+from backtal_jax import errors
 from backtal_jax.data import resources
 
 PathLike = str | os.PathLike
 
 
-class AnnotationError(ValueError):
+class AnnotationError(errors.UserError):
   """A ground-truth file that does not have the expected layout."""
+
+
+class UnknownSubset(AnnotationError, KeyError):
+  """A subset the ground truth does not have (a KeyError too, for lookups that expect one)."""
+  __str__ = AnnotationError.__str__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,7 @@ class GroundTruth:
     videos = sorted((v for v in self.videos.values() if v.subset == name), key=lambda v: v.name)
     if not videos:
       known = sorted({v.subset for v in self.videos.values()})
-      raise KeyError(f'{self.path}: no video in subset {name!r}; subsets: {known}')
+      raise UnknownSubset(f'{self.path}: no video in subset {name!r}; subsets: {known}')
     return videos
 
 

@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from backtal_jax import errors
 from backtal_jax.data import annotations
 from backtal_jax.data.features import IGNORE_LABEL
 from backtal_jax.data import seeding
@@ -38,7 +39,7 @@ HEADER = ('URLID', 'URL', 'TagID', 'Tag', 'Start', 'End', 'Time', 'State')
 Clicks = tuple['Click', ...]
 
 
-class ClickFileError(ValueError):
+class ClickFileError(errors.UserError):
   """A click file that does not have the expected layout."""
 
 
@@ -237,4 +238,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  errors.run(main)

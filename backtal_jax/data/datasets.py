@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from backtal_jax import errors
 from backtal_jax import reporting
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
@@ -101,6 +102,14 @@ class Supervised:
     return example
 
 
+def features_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
+  """The folder holding <split>/*.npz: config.data.features_root, or where the synthetic testbed
+  is built when that is unset."""
+  if config.data.source == 'synthetic' and not config.data.features_root:
+    return default_synthetic_root(config, workdir)
+  return epath.Path(config.data.features_root)
+
+
 def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
   """Builds the semi-synthetic testbed once per filesystem.
 
@@ -108,7 +117,7 @@ def synthetic_root(config: ml_collections.ConfigDict, workdir: str) -> epath.Pat
   filesystem they find it built; on a host's own disk they build the same (seeded) copy. Every
   process reaches the barrier, so none pairs it with another collective.
   """
-  root = epath.Path(config.data.features_root or default_synthetic_root(config, workdir))
+  root = features_root(config, workdir)
   if jax.process_index() == 0:
     _build_once(config.data.synthetic, root)
   if jax.process_count() > 1:
@@ -135,7 +144,7 @@ def _build_once(synthetic_config: ml_collections.ConfigDict, root: epath.Path) -
   if marker.exists() and json.loads(marker.read_text()) == settings:
     return
   if marker.exists():
-    raise ValueError(f'{root} holds a testbed built with other settings ({marker}); remove it or '
+    raise errors.UserError(f'{root} holds a testbed built with other settings ({marker}); remove it or '
                      'point config.data.features_root elsewhere.')
   logging.info('Building the semi-synthetic testbed in %s', root)
   synthetic.build(synthetic_config, root, progress=True)
@@ -156,14 +165,14 @@ def check_shapes(config: ml_collections.ConfigDict) -> None:
   if config.data.source == 'synthetic':
     built = (config.data.synthetic.num_segments, 2 * config.data.synthetic.half_width)
     if built != (config.data.num_segments, config.data.feature_dim):
-      raise ValueError(f'config.data.synthetic builds T, F = {built} but config.data expects '
+      raise errors.UserError(f'config.data.synthetic builds T, F = {built} but config.data expects '
                        f'{(config.data.num_segments, config.data.feature_dim)}')
 
 
 def heldout_indices(num_videos: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(training, held-out) indices: a seeded share of the videos, at least one, kept apart."""
   if not 0 < fraction < 1:
-    raise ValueError(f'config.train.heldout_fraction must lie in (0, 1), got {fraction}')
+    raise errors.UserError(f'config.train.heldout_fraction must lie in (0, 1), got {fraction}')
   order = seeding.named_rng(seed, 'heldout').permutation(num_videos)
   count = max(1, int(round(num_videos * fraction)))
   return np.sort(order[count:]), np.sort(order[:count])
@@ -203,12 +212,12 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
   """The run's splits from config.data, config.train and config.eval."""
   check_shapes(config)
   if not config.eval.ground_truth:
-    raise ValueError('config.eval.ground_truth is not set: give the ground-truth JSON of the '
+    raise errors.UserError('config.eval.ground_truth is not set: give the ground-truth JSON of the '
                      'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
                      '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
   ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
   if ground_truth.num_classes != config.model.num_classes:
-    raise ValueError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
+    raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
                      f'config.model.num_classes is {config.model.num_classes}')
   root = synthetic_root(config, workdir) if config.data.source == 'synthetic' else None
   train = _open(config, root, config.data.train_split, train=True)
@@ -226,7 +235,7 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
                           config.data.train_split)
     train = Subset(train, kept)
   else:
-    raise ValueError("config.train.selection_split must be 'test' or 'heldout', got "
+    raise errors.UserError("config.train.selection_split must be 'test' or 'heldout', got "
                      f'{config.train.selection_split!r}')
   train = Supervised(train, config.train.supervision, ground_truth, config.data.num_segments,
                      config.train.seed)

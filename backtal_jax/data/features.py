@@ -15,11 +15,15 @@ import zlib
 
 import numpy as np
 
+from backtal_jax import errors
+
 IGNORE_LABEL = -100  # click label of snippets without a click, as in the official files
 METADATA_MISSING = -1  # frame_num, fps and duration of videos whose file does not store them
+NPZ_MAGIC = b'PK\x03\x04'  # every .npz is a zip archive
+NPY_MAGIC = b'\x93NUMPY'
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(errors.UserError):
   """A feature file that is missing, unreadable or inconsistent."""
 
   def __init__(self, path, key: str, problem: str):
@@ -100,6 +104,23 @@ def _channels_last(path, key: str, value: np.ndarray, half_width: int,
   return value.T if channels_first else value
 
 
+def _feature_half(archive, path, key: str, half_width: int, num_segments: int | None
+                  ) -> np.ndarray:
+  """One half of the features, channels-last float32, checked after that cast: float64 values
+  beyond float32's range pass the check on the stored values and become inf in the model."""
+  value = _channels_last(path, key, _as_numeric(path, key, _read_key(archive, path, key)),
+                         half_width, num_segments)
+  with np.errstate(over='ignore'):
+    value_TxH = value.astype(np.float32)
+  finite = np.isfinite(value_TxH)
+  if not finite.all():
+    raise FeatureFileError(
+        path, key, f'{finite.size - finite.sum()} values overflow float32, the dtype the model '
+        f'reads (largest magnitude {np.abs(value).max():.4g}, float32 holds up to '
+        f'{np.finfo(np.float32).max:.4g})')
+  return value_TxH
+
+
 def _scalar(path, key: str, value: np.ndarray) -> np.ndarray:
   if np.size(value) != 1:
     raise FeatureFileError(path, key, f'expected a scalar, got shape {value.shape}')
@@ -119,6 +140,26 @@ def _click_labels(path, value: np.ndarray, num_snippets: int, num_classes: int) 
         path, key, f'values must be {IGNORE_LABEL} or integers in [0, {num_classes}], '
         f'got {np.unique(value)[:10]}')
   return labels
+
+
+def open_npz(path) -> np.lib.npyio.NpzFile:
+  """The archive, opened lazily (arrays are read on access), or a FeatureFileError that says what
+  the file is instead: numpy reports any non-zip file as pickled data, which misleads."""
+  first_key = 'feat_spa'
+  try:
+    with open(path, 'rb') as f:
+      magic = f.read(len(NPZ_MAGIC))
+  except OSError as e:
+    raise FeatureFileError(path, first_key, f'cannot be opened ({e})') from e
+  if magic != NPZ_MAGIC:
+    kind = ('an empty file' if not magic else 'a bare .npy array' if NPY_MAGIC.startswith(magic)
+            else f'it starts with {magic!r}')
+    raise FeatureFileError(path, first_key,
+                           f'not a valid .npz file ({kind}; expected a zip archive of .npy arrays)')
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise FeatureFileError(path, first_key, f'not a readable .npz archive ({e})') from e
 
 
 def read_name(archive: np.lib.npyio.NpzFile, path) -> np.ndarray:
@@ -147,19 +188,11 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
   """
   if feature_dim % 2:
     raise ValueError(f'feature_dim must be even (RGB and flow halves), got {feature_dim}')
-  first_key = 'feat_spa'
-  try:
-    archive = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise FeatureFileError(path, first_key, f'not a readable .npz archive ({e})') from e
-  if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise FeatureFileError(path, first_key, 'not an .npz archive (a bare .npy array)')
+  archive = open_npz(path)
   with archive:
     half = feature_dim // 2
-    spa_TxH = _channels_last(path, 'feat_spa', _as_numeric(
-        path, 'feat_spa', _read_key(archive, path, 'feat_spa')), half, num_segments)
-    tem_TxH = _channels_last(path, 'feat_tem', _as_numeric(
-        path, 'feat_tem', _read_key(archive, path, 'feat_tem')), half, num_segments)
+    spa_TxH = _feature_half(archive, path, 'feat_spa', half, num_segments)
+    tem_TxH = _feature_half(archive, path, 'feat_tem', half, num_segments)
     if tem_TxH.shape[0] != spa_TxH.shape[0]:
       raise FeatureFileError(
           path, 'feat_tem', f'{tem_TxH.shape[0]} snippets but feat_spa has {spa_TxH.shape[0]}')
@@ -184,7 +217,7 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
   vid_name = vid_name.reshape(()).item()
   return VideoRecord(
       vid_name=vid_name.decode() if isinstance(vid_name, bytes) else vid_name,
-      features_TxF=np.concatenate([spa_TxH, tem_TxH], axis=1).astype(np.float32),
+      features_TxF=np.concatenate([spa_TxH, tem_TxH], axis=1),
       video_labels_C=video_labels.astype(np.float32),
       click_labels_T=click_labels,
       frame_num=int(metadata['frame_num']) if 'frame_num' in metadata else None,

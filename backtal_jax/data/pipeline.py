@@ -22,6 +22,7 @@ from typing import NamedTuple, Protocol
 import ml_collections
 import numpy as np
 
+from backtal_jax import errors
 from backtal_jax.data import features
 
 
@@ -81,7 +82,7 @@ def open_source(data_config: ml_collections.ConfigDict, split: str, *, num_class
   """The split named by `config.data`, from the npz files or the TFDS dataset."""
   if data_config.source == 'npz':
     if not data_config.features_root:
-      raise ValueError(
+      raise errors.UserError(
           f'config.data.features_root is not set: point it at the directory that holds '
           f'{data_config.train_split}/*.npz and {data_config.test_split}/*.npz, the official I3D '
           'features published with BackTAL (github.com/VividLe/BackTAL, "Data Preparation"), e.g. '
@@ -92,7 +93,7 @@ def open_source(data_config: ml_collections.ConfigDict, split: str, *, num_class
         require_clicks=train, require_metadata=not train)
   if data_config.source == 'tfds':
     return TfdsSource(open_tfds(data_config.tfds_name, split, data_config.tfds_data_dir))
-  raise ValueError(f"config.data.source must be 'npz' or 'tfds', got {data_config.source!r}")
+  raise errors.UserError(f"config.data.source must be 'npz' or 'tfds', got {data_config.source!r}")
 
 
 def open_tfds(name: str, split: str, data_dir: str | None) -> Sequence[dict]:
@@ -101,7 +102,7 @@ def open_tfds(name: str, split: str, data_dir: str | None) -> Sequence[dict]:
   try:
     from backtal_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError(
+    raise errors.UserError(
         f"config.data.source='tfds' reads the TFDS copy through tensorflow-datasets, which is not "
         f"installed ({e}): pip install 'backtal_jax[tfds]', or set config.data.source='npz'"
     ) from None

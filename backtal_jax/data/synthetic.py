@@ -33,11 +33,11 @@ import time
 import zipfile
 from typing import Mapping, Sequence
 
-from absl import app
 from absl import flags
 import ml_collections
 import numpy as np
 
+from backtal_jax import errors
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import clicks as clicks_lib
@@ -98,6 +98,58 @@ def default_config(dataset: str = 'thumos14') -> ml_collections.ConfigDict:
   c.noise = 1.0  # Expected L2 norm of the Gaussian noise of a snippet (both halves together).
   c.smoothness = 0.0  # Temporal Gaussian blur of the features, sigma in snippets; 0: off.
   return c
+
+
+# knob -> (lowest, highest, what it must be); None: no bound on that side
+_RANGES = {
+    'num_segments': (1, None, 'an integer >= 1'),
+    'half_width': (1, None, 'an integer >= 1'),
+    'frames_per_snippet': (1, None, 'an integer >= 1'),
+    'num_background_prototypes': (1, None, 'an integer >= 1'),
+    'background_min_stretch': (1, None, 'an integer >= 1'),
+    'num_train_videos': (-1, None, '-1 (all) or a count >= 1'),
+    'num_test_videos': (-1, None, '-1 (all) or a count >= 1'),
+    'scene_jitter': (0, 1, 'in [0, 1]'),
+    'motion_jitter': (0, 1, 'in [0, 1]'),
+    'background_switch_prob': (0, 1, 'a probability in [0, 1]'),
+    'distractor_min_length': (0, None, '> 0'),
+    **{knob: (0, None, '>= 0') for knob in (
+        'scene_away', 'scene_inside', 'scene_context', 'rgb_motion_inside', 'motion_inside',
+        'motion_context', 'motion_away', 'context_length', 'distractors_per_instance',
+        'distractor_scene', 'distractor_motion', 'background_strength', 'noise', 'smoothness')},
+}
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every knob set to something that cannot build a testbed, by name."""
+  problems = []
+  for knob, (lowest, highest, expected) in _RANGES.items():
+    value = config[knob]
+    bad = (not np.isfinite(value) or (lowest is not None and value < lowest) or
+           (highest is not None and value > highest) or
+           (knob.startswith('num_') and value == 0) or
+           (knob == 'distractor_min_length' and value == 0))
+    if bad:
+      problems.append(f'{knob}={value}: expected {expected}')
+  if config.distractor_max_length < config.distractor_min_length:
+    problems.append(f'distractor_max_length={config.distractor_max_length}: expected >= '
+                    f'distractor_min_length ({config.distractor_min_length})')
+  if config.background_max_stretch < config.background_min_stretch:
+    problems.append(f'background_max_stretch={config.background_max_stretch}: expected >= '
+                    f'background_min_stretch ({config.background_min_stretch})')
+  if config.dataset not in DATASETS:
+    problems.append(f'dataset={config.dataset!r}: expected one of {sorted(DATASETS)}')
+  if config.clicks not in (*clicks_lib.SOURCES, 'simulated'):
+    problems.append(f'clicks={config.clicks!r}: expected one of '
+                    f'{[*clicks_lib.SOURCES, "simulated"]}')
+  return problems
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  problems = config_problems(config)
+  if problems:
+    raise errors.UserError('Synthetic testbed settings that cannot work:\n  ' +
+                           '\n  '.join(problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +310,7 @@ def train_point_labels(videos: Sequence[annotations.Video], gt: annotations.Grou
                  'background click: %s', len(unclicked), len(videos), unclicked[:20])
     return labels
   if config.dataset != 'thumos14':
-    raise ValueError(f"Human clicks exist for thumos14 only; use clicks='simulated' for "
+    raise errors.UserError(f"Human clicks exist for thumos14 only; use clicks='simulated' for "
                      f'{config.dataset}')
   return clicks_lib.build_point_labels(videos, gt.class_names, config.num_segments,
                                        source=config.clicks, seed=config.seed).labels
@@ -271,6 +323,7 @@ def _first(videos: list[annotations.Video], count: int) -> list[annotations.Vide
 def build(config: ml_collections.ConfigDict, out_dir: str | os.PathLike,
           progress: bool = False) -> dict[str, list[pathlib.Path]]:
   """Writes the testbed under out_dir/<split>/; returns the files written per split."""
+  check_config(config)
   spec = DATASETS[config.dataset]
   gt = annotations.load_ground_truth(spec.ground_truth)
   prototypes = make_prototypes(config, gt.num_classes)
@@ -310,9 +363,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
   for item in overrides:
     key, sep, value = item.partition('=')
     if not sep or key not in config:
-      raise ValueError(f'--set expects knob=value with a knob of default_config(), got {item!r}')
+      raise errors.UserError(
+          f'--set expects knob=value with a knob of default_config(), got {item!r}')
     kind = type(config[key])
-    config[key] = value.lower() in ('1', 'true') if kind is bool else kind(value)
+    try:
+      config[key] = value.lower() in ('1', 'true') if kind is bool else kind(value)
+    except ValueError:
+      raise errors.UserError(f'--set {item!r}: {key} takes a {kind.__name__}') from None
 
 
 FLAGS = flags.FLAGS
@@ -348,4 +405,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  errors.run(main)

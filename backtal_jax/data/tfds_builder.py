@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app
 from absl import flags
 from etils import epath
 
+from backtal_jax import errors
+from backtal_jax.data import feature_scan
 from backtal_jax.data import features
 
 
@@ -116,10 +117,23 @@ def data_source(name: str, split: str, data_dir: str | None = None):
   return tfds.data_source(name, split=split, data_dir=data_dir)
 
 
+def check_manual_dir(config: FeatureConfig, manual_dir: str) -> None:
+  """Every problem of the files of both splits at once, before any work (headers only)."""
+  problems = []
+  for split, train in ((config.train_split, True), (config.test_split, False)):
+    problems += feature_scan.scan_split(
+        manual_dir, split, num_classes=config.num_classes, feature_dim=config.feature_dim,
+        num_segments=config.num_segments, train=train)[1]
+  if problems:
+    raise errors.Problems(problems, f'in {manual_dir} before building')
+
+
 def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """Builds (or finds already built) one config of the dataset."""
   builder = BacktalFeatures(config=config_name, data_dir=data_dir,
                             file_format=tfds.core.FileFormat.ARRAY_RECORD)
+  if not builder.is_prepared():
+    check_manual_dir(builder.builder_config, manual_dir)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
@@ -136,4 +150,4 @@ if __name__ == '__main__':
   flags.DEFINE_enum('config', 'thumos14', [c.name for c in CONFIGS], 'Dataset to build.')
   flags.DEFINE_string('manual_dir', None, 'Directory holding <split>/*.npz.', required=True)
   flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the dataset.')
-  app.run(main)
+  errors.run(main)

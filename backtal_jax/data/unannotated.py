@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
+from backtal_jax import errors
 from backtal_jax import postprocess
 from backtal_jax.data import annotations
 from backtal_jax.data import features
@@ -25,7 +26,7 @@ from backtal_jax.data import features
 SUFFIXES = ('.npz', '.npy')
 
 
-class InputError(ValueError):
+class InputError(errors.UserError):
   """Feature files or their metadata that prediction cannot use."""
 
 

@@ -1,0 +1,150 @@
+"""Checks of the official feature files from their .npy headers and small keys only.
+
+The features themselves are never read (HACS holds 62 GB of them), so a scan of every file costs
+about a second for THUMOS14: the training pre-flight (`backtal_jax.preflight`) and the TFDS builder
+run it before any work. Values (NaN, inf, float32 overflow) are checked by `features.read_video`
+when the features are read.
+"""
+
+import collections
+import concurrent.futures
+import zipfile
+import zlib
+
+import numpy as np
+
+from backtal_jax.data import features
+
+SCAN_THREADS = 8  # files whose headers are read at once (network file systems hide latency)
+
+
+def _array_header(archive: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+  """Shape and dtype of one member, from its .npy header alone."""
+  with archive.zip.open(f'{key}.npy') as f:
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(f)
+  return shape, dtype
+
+
+def _feature_problems(archive, key: str, half_width: int, num_segments: int) -> list[str]:
+  shape, dtype = _array_header(archive, key)
+  if dtype.kind not in 'biuf':
+    return [f'dtype {dtype}, expected numbers']
+  if shape not in ((half_width, num_segments), (num_segments, half_width)):
+    return [f'shape {shape}, expected ({half_width}, {num_segments}) channels-first or '
+            f'({num_segments}, {half_width}) channels-last']
+  return []
+
+
+def _small_array(archive, key: str) -> np.ndarray | str:
+  """The array, or why it is not a usable numeric array."""
+  value = archive[key]
+  if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+    return f'dtype {value.dtype}, expected numbers'
+  if not np.isfinite(value).all():
+    return f'{value.size - np.isfinite(value).sum()} non-finite values'
+  return value
+
+
+def _cls_label_problems(value: np.ndarray, num_classes: int) -> list[str]:
+  if value.shape != (num_classes,):
+    return [f'shape {value.shape}, expected ({num_classes},)']
+  if not np.isin(value, (0, 1)).all():
+    return [f'values {np.unique(value)[:10].tolist()}, expected 0 or 1 (multi-hot)']
+  return []
+
+
+def _point_label_problems(value: np.ndarray, num_segments: int, num_classes: int) -> list[str]:
+  value = np.ravel(value)
+  if value.shape != (num_segments,):
+    return [f'length {value.size}, expected {num_segments} (one label per snippet)']
+  valid = (value == features.IGNORE_LABEL) | ((value >= 0) & (value <= num_classes) &
+                                              (value == np.round(value)))
+  if not valid.all():
+    return [f'values {np.unique(value[~valid])[:10].tolist()}, expected '
+            f'{features.IGNORE_LABEL} (no click), 0..{num_classes - 1} (action click) or '
+            f'{num_classes} (background click)']
+  return []
+
+
+def _metadata_problems(value: np.ndarray, key: str) -> list[str]:
+  if value.size != 1:
+    return [f'shape {value.shape}, expected a scalar']
+  lowest = {'frame_num': (1, '>= 1'), 'fps': (0, '> 0'), 'duration': (0, '> 0')}
+  bound, expected = lowest[key]
+  number = value.reshape(()).item()
+  if (key == 'frame_num' and number < bound) or (key != 'frame_num' and number <= bound):
+    return [f'value {number}, expected {expected}']
+  return []
+
+
+def _vid_name(archive) -> tuple[str | None, list[str]]:
+  value = archive['vid_name']
+  if value.dtype.kind not in 'US' or value.size != 1:
+    return None, [f'expected one string, got {value.dtype} of shape {value.shape}']
+  return str(value.reshape(()).item()), []
+
+
+def _small_key_problems(archive, key: str, num_classes: int, num_segments: int) -> list[str]:
+  value = _small_array(archive, key)
+  if isinstance(value, str):
+    return [value]
+  if key == 'cls_label':
+    return _cls_label_problems(value, num_classes)
+  if key == 'point_label':
+    return _point_label_problems(value, num_segments, num_classes)
+  return _metadata_problems(value, key)
+
+
+def scan_file(path, *, num_classes: int, half_width: int, num_segments: int,
+              train: bool) -> tuple[str | None, list[str]]:
+  """(vid_name or None, problems) of one feature file, reading headers and small keys only."""
+  try:
+    archive = features.open_npz(path)
+  except features.FeatureFileError as e:
+    return None, [str(e)]
+  required = ['feat_spa', 'feat_tem', 'cls_label', 'vid_name']
+  required += ['point_label'] if train else ['frame_num', 'fps', 'duration']
+  problems, vid_name = [], None
+  with archive:
+    missing = [key for key in required if key not in archive.files]
+    if missing:
+      problems.append(f'{path}: keys {missing} missing (the file has {sorted(archive.files)})')
+    for key in (k for k in required if k not in missing):
+      try:
+        if key.startswith('feat_'):
+          found = _feature_problems(archive, key, half_width, num_segments)
+        elif key == 'vid_name':
+          vid_name, found = _vid_name(archive)
+        else:
+          found = _small_key_problems(archive, key, num_classes, num_segments)
+      except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        found = [f'unreadable, truncated or corrupt ({e})']
+      problems += [f'{path}: key {key!r}: {p}' for p in found]
+  return vid_name, problems
+
+
+def scan_split(root, split: str, *, num_classes: int, feature_dim: int, num_segments: int,
+               train: bool) -> tuple[dict[str, list], list[str]]:
+  """({vid_name: [paths]}, problems) of every file of one split."""
+  try:
+    paths = features.list_split(root, split)
+  except FileNotFoundError as e:
+    return {}, [str(e)]
+  scan = lambda path: scan_file(path, num_classes=num_classes, half_width=feature_dim // 2,
+                                num_segments=num_segments, train=train)
+  with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS) as pool:
+    results = list(pool.map(scan, paths))
+  names, problems = collections.defaultdict(list), []
+  for path, (vid_name, found) in zip(paths, results):
+    problems += found
+    if vid_name is not None:
+      names[vid_name].append(path)
+  for name, where in names.items():
+    if len(where) > 1:
+      problems.append(f'{split}: vid_name {name!r} is in {len(where)} files ({where[0]}, '
+                      f'{where[1]}, ...); each video must appear once (its detections would be '
+                      'overwritten)')
+  return names, problems

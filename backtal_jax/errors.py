@@ -1,0 +1,78 @@
+"""How every command ends: one line for a mistake the user can fix, 128 + N for a stop by signal N,
+a traceback only for a bug.
+
+Each command's `__main__` calls `errors.run(main)` instead of `app.run(main)`; code anywhere below
+raises `UserError` (or a subclass, such as `features.FeatureFileError`) with a message that names
+the file, the key or field, the value found and what was expected.
+"""
+
+import os
+import shlex
+import signal
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+from absl import logging
+
+# Problems of the file system the user fixes by hand (a wrong path, a missing folder, permissions).
+_FILE_SYSTEM_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERROR_STATUS = 1  # exit status of a user error
+INTERRUPTED_STATUS = 128 + signal.SIGINT  # Ctrl-C before the training loop took over the signal
+MAX_PROBLEMS = 25  # problems listed in one report; the rest are counted
+
+
+class UserError(ValueError):
+  """A mistake in the input (file, flag, config value) that the user can fix; never a bug."""
+
+
+class Problems(UserError):
+  """Several user errors found by one check, reported together (up to MAX_PROBLEMS)."""
+
+  def __init__(self, problems: Sequence[str], when: str):
+    listed = list(problems[:MAX_PROBLEMS])
+    more = len(problems) - len(listed)
+    lines = [f'{len(problems)} problem(s) found {when}:'] + [f'  - {p}' for p in listed]
+    super().__init__('\n'.join(lines + ([f'  ... and {more} more'] if more else [])))
+    self.problems = list(problems)
+
+
+class Stopped(Exception):
+  """A run stopped cleanly on a signal (SIGTERM, Ctrl-C) after saving a checkpoint."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f'Stopped by {signal.Signals(signum).name} at step {step}')
+    self.signum, self.step = signum, step
+
+  @property
+  def exit_status(self) -> int:
+    """128 + the signal number, as a shell reports a process killed by it: schedulers can tell a
+    preempted run from a finished one."""
+    return 128 + self.signum
+
+
+def resume_command() -> str:
+  """The command line of this process, runnable from any folder: rerunning it resumes the run."""
+  argv = [sys.executable, *sys.orig_argv[1:]]
+  return f'cd {shlex.quote(os.getcwd())} && {shlex.join(argv)}'
+
+
+def _guarded(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]], None]:
+  def guarded_main(argv: Sequence[str]) -> None:
+    try:
+      main(argv)
+    except (UserError, *_FILE_SYSTEM_ERRORS) as e:
+      sys.stderr.write(f'error: {e}\n')
+      sys.exit(USER_ERROR_STATUS)
+    except Stopped as e:
+      logging.warning('%s; a checkpoint is saved. To resume, run:\n  %s', e, resume_command())
+      sys.exit(e.exit_status)
+    except KeyboardInterrupt:
+      sys.stderr.write('Interrupted (Ctrl-C).\n')
+      sys.exit(INTERRUPTED_STATUS)
+  return guarded_main
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`app.run(main)` with the exits described in the module docstring."""
+  app.run(_guarded(main))
