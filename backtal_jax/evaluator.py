@@ -8,7 +8,7 @@ gathering of every process's detections and the mAP run on the host in NumPy.
 import functools
 import json
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 from etils import epath
@@ -27,6 +27,7 @@ from backtal_jax import reporting
 from backtal_jax import sharding
 from backtal_jax import train_state
 from backtal_jax import visualize
+from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
 
@@ -107,11 +108,12 @@ class Evaluator:
     self.is_lead = jax.process_index() == 0
     self._eval_fn = jit_eval_step(model, mesh)
 
-  def detect(self, params, source: pipeline.Source, class_names, keep: int = 0
+  def detect(self, params, source: pipeline.Source, class_names, keep: int = 0,
+             names: Sequence[str] = ()
              ) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
-    """Detections of every video of `source`, gathered from all processes, and the
-    post-processing inputs (cas, scores, feature_norm) of the first `keep` videos this process
-    read, for plots."""
+    """Detections of every video of `source`, gathered from all processes, and, for plots, what
+    post-processing read (cas, scores, feature_norm, frame_num, duration, click_labels) of the
+    first `keep` videos this process read and of the videos named in `names`."""
     config = self.config
     detections, kept = {}, {}
     for batch, metadata in pipeline.eval_batches(
@@ -128,35 +130,55 @@ class Evaluator:
             outputs['cas'][row], outputs['scores'][row], outputs['feature_norm'][row][:, None],
             frame_num=video.frame_num, duration=video.duration, class_names=class_names,
             config=config)
-        if len(kept) < keep:
-          kept[video.vid_name] = {k: v[row] for k, v in outputs.items()}
+        if len(kept) < keep or video.vid_name in names:
+          kept[video.vid_name] = {**{k: v[row] for k, v in outputs.items()},
+                                  'frame_num': video.frame_num, 'duration': video.duration,
+                                  'click_labels': batch['click_labels'][row]}
     return gather_from_processes(detections), kept
 
-  def evaluate(self, params, split: datasets.EvalSplit, tag: str, plots: int = 0) -> dict:
-    """mAP of `params` on `split`; detections JSON and `plots` PNGs under the workdir."""
+  def evaluate(self, params, split: datasets.EvalSplit, tag: str, plots: int = 0,
+               plot_videos: Sequence[str] = ()) -> dict:
+    """mAP of `params` on `split`; detections JSON under the workdir, and PNGs of `plots` videos
+    and of those named in `plot_videos`. The caller logs the result (one line or a table)."""
     started = time.monotonic()
-    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, plots)
+    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, plots,
+                                   plot_videos)
     summary = score_detections(detections, split, self.config)
     summary['seconds'] = time.monotonic() - started
     if self.is_lead:
       folder = epath.Path(self.workdir) / 'detections'
       folder.mkdir(parents=True, exist_ok=True)
       reporting.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
-      logging.info('Evaluation %s on %s (%d videos, %.1f s):\n%s', tag, split.name,
-                   len(detections), summary['seconds'], reporting.format_table(summary))
-      self.plot(tag, split, kept, detections)
+      missing = sorted(set(plot_videos) - set(detections))
+      if missing:
+        logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
+                        split.name)
+      self.plot(tag, kept, detections, split.ground_truth)
     return summary
 
-  def plot(self, tag: str, split: datasets.EvalSplit, kept: dict, detections: dict) -> None:
+  def plot(self, tag: str, kept: dict, detections: dict,
+           ground_truth: annotations.GroundTruth) -> None:
+    """PNGs of the `kept` videos under WORKDIR/plots/TAG; ground-truth instances are drawn for
+    the videos `ground_truth` holds (none for unannotated videos)."""
     if not kept:
       return
     folder = epath.Path(self.workdir) / 'plots' / tag
     folder.mkdir(parents=True, exist_ok=True)
-    for name, outputs in kept.items():
-      visualize.plot_video(folder / f'{name}.png', outputs['cas'],
-                           split.ground_truth.videos[name], split.ground_truth.class_names,
-                           detections[name])
-    logging.info('Plots of %d %s videos in %s', len(kept), split.name, folder)
+    for name, inputs in kept.items():
+      video = ground_truth.videos.get(name)
+      visualize.plot_video(
+          folder / f'{name}.png', inputs, vid_name=name, frame_num=inputs['frame_num'],
+          duration=inputs['duration'], class_names=ground_truth.class_names,
+          detections=detections[name], config=self.config,
+          instances=video.instances if video else (), click_labels_T=inputs['click_labels'])
+    logging.info('Plots of %d videos in %s', len(kept), folder)
+
+  def plot_images(self, tag: str) -> dict[str, bytes]:
+    """The PNGs `plot` wrote for `tag`, by video name (for TensorBoard)."""
+    folder = epath.Path(self.workdir) / 'plots' / tag
+    if not folder.exists():
+      return {}
+    return {path.stem: path.read_bytes() for path in sorted(folder.glob('*.png'))}
 
   def write_results(self, summary: dict, **record: Any) -> None:
     """results.json in the workdir: what picked the model, then its test summary."""
@@ -179,6 +201,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     params = jax.device_put(params, sharding.replicated_sharding(mesh))
     test = datasets.open_datasets(config, workdir).test
     evaluator = Evaluator(config, model, mesh, workdir)
-    summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots)
+    summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots,
+                                 plot_videos=config.eval.plot_videos)
     evaluator.write_results(summary, checkpoint=source)
+    if evaluator.is_lead:
+      logging.info('Evaluation of %s on %s (%d s); mAP:\n%s', source, test.name,
+                   summary['seconds'], reporting.format_table(summary))
     return summary
