@@ -3,6 +3,8 @@
   python -m backtal_jax.main --config=configs/thumos.py:synthetic --workdir=/tmp/backtal
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -11,6 +13,7 @@ from ml_collections import config_flags
 
 from backtal_jax import evaluator
 from backtal_jax import logs
+from backtal_jax import run_records
 from backtal_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
@@ -28,6 +31,7 @@ def main(argv):
   logs.quiet_library_logs()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  run_records.write_run_records(_CONFIG.value, _WORKDIR.value, sys.argv)
   logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   if _CONFIG.value.eval.only:

@@ -68,9 +68,12 @@ def _class_panel(ax, times_L, cas_L, class_id, name, video_score, truth, detecti
     ax.axvspan(inst.start, inst.end, color='tab:green', alpha=0.25, label='ground truth')
   for t in clicks:
     ax.axvline(t, color='black', ls=':', lw=0.8, label='background click')
-  ax.set_ylim(0, 1.05)
+  ax.set_ylim(min(0.0, float(cas_L.min())), 1.05)
   ax.set_ylabel('CAS', fontsize=8)
   status = '' if truth else '   WRONG CLASS: no ground-truth instance'
+  if video_score < eval_config.class_score_thresh:
+    status += (f'   below the class-score threshold {eval_config.class_score_thresh:g}: '
+               'not localised')
   ax.set_title(f'{name} (video score {video_score:.3f}){status}', fontsize=9, loc='left',
                color='black' if truth else 'tab:red')
   ours = sorted(detections, key=lambda d: -d['score'])[:MAX_DETECTIONS]
