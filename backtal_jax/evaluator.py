@@ -150,7 +150,7 @@ class Evaluator:
       folder.mkdir(parents=True, exist_ok=True)
       reporting.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
       missing = sorted(set(plot_videos) - set(detections))
-      if missing:
+      if missing and plots:  # the final evaluation: named videos of no split end up here
         logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
                         split.name)
       self.plot(tag, kept, detections, split.ground_truth)

@@ -221,7 +221,8 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
   epoch = position.epoch
   is_best = False
   if epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs:
-    summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}')
+    summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}',
+                                     plot_videos=config.eval.plot_videos)
     run.writer.write_scalars(int(state.step), {
         **{f'{run.data.selection.name}/mAP@{t:.2f}': m
            for t, m in zip(summary['tiou'], summary['mAP'])},

@@ -85,7 +85,7 @@ def get_eval_config() -> ml_collections.ConfigDict:
   ev.batch_size = 8  # videos per evaluation batch (global; a multiple of the device count)
   ev.every_epochs = 1  # evaluate on the selection split every this many epochs (EVAL_INTERVAL)
   ev.num_plots = 4  # PNG plots of this many test videos after the final evaluation
-  ev.plot_videos = ()  # also plot these videos (names) after the final evaluation
+  ev.plot_videos = ()  # plot these videos (names) at every evaluation of a split holding them
   ev.only = False  # evaluate a checkpoint on the test split instead of training
   ev.checkpoint = ml_collections.config_dict.placeholder(str)  # with only: orbax folder or .pth
   # (unset: WORKDIR/best)
