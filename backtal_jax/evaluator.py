@@ -205,6 +205,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                                  plot_videos=config.eval.plot_videos)
     evaluator.write_results(summary, checkpoint=source)
     if evaluator.is_lead:
-      logging.info('Evaluation of %s on %s (%d s); mAP:\n%s', source, test.name,
+      logging.info('Evaluation of %s on %s (%.1f s); mAP:\n%s', source, test.name,
                    summary['seconds'], reporting.format_table(summary))
     return summary

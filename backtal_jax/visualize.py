@@ -20,8 +20,10 @@ from backtal_jax import postprocess
 from backtal_jax.data import annotations
 
 matplotlib.use('Agg')
-from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top,wrong-import-position
-from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib import figure as mpl_figure
+from matplotlib import pyplot as plt
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 SCREEN_WIDTH_INCHES = 14  # 1400 pixels at the saved dpi: a laptop screen's width
 PANEL_HEIGHT_INCHES = 1.9

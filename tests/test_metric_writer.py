@@ -5,7 +5,6 @@ import struct
 
 import matplotlib.image
 import numpy as np
-
 import pytest
 
 from backtal_jax import metric_writer
