@@ -48,7 +48,7 @@ def train_step(state: TrainState, batch: dict, *, model: models.BackTAL,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  return new_state, {'loss': total, **terms, 'grad_norm': optax.global_norm(grads)}
+  return new_state, {'loss': total, **terms, 'grad_norm': optax.tree.norm(grads)}
 
 
 def jit_train_step(model, tx, config, mesh, state: TrainState):
