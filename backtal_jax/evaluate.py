@@ -1,14 +1,20 @@
 """Scores a detections file against a ground truth: mAP per tIoU and the averages papers quote.
 
   python -m backtal_jax.evaluate --ground_truth=GT.json --predictions=PRED.json --subset=test \
-      [--tiou=0.1,0.2,0.3,0.4,0.5] [--output_json=FILE]
+      [--tiou=0.1,0.2,0.3,0.4,0.5] [--per_class] [--output_json=FILE]
 
 By default both protocols' thresholds are scored (0.1:0.9 for THUMOS14, 0.5:0.95 for
-ActivityNet); each quoted average is printed when all of its thresholds were scored.
+ActivityNet); each quoted average is printed when all of its thresholds were scored. Also printed:
+how many ground-truth instances and predictions were counted, and a warning for predicted videos
+the ground truth lacks or puts in another subset (their predictions are not scored: a wrong
+--subset or a wrong file shows up here, not only as a low mAP). The JSON summary holds all of it,
+and the AP of every class.
 """
 
+import collections
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -22,6 +28,7 @@ _PREDICTIONS = flags.DEFINE_string('predictions', None, 'Detections JSON (Activi
 _SUBSET = flags.DEFINE_string('subset', None, "Ground-truth subset, e.g. 'test' or 'validation'.")
 _TIOU = flags.DEFINE_list('tiou', [str(t) for t in reporting.DEFAULT_TIOU], 'tIoU thresholds.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', '', 'If set, the summary is also written here.')
+_PER_CLASS = flags.DEFINE_bool('per_class', False, 'Also print the AP of each class.')
 
 
 def parse_thresholds(values: Sequence[str]) -> tuple[float, ...]:
@@ -35,13 +42,54 @@ def parse_thresholds(values: Sequence[str]) -> tuple[float, ...]:
   return thresholds
 
 
+def counts(ground_truth: Mapping[str, Any], predictions: Mapping[str, Any],
+           subset: str) -> dict[str, Any]:
+  """Instances and predictions counted, per class too, and the predicted videos left unscored."""
+  database, results = ground_truth['database'], predictions['results']
+  in_subset = {v for v, entry in database.items() if entry.get('subset') == subset}
+  truth = collections.Counter(a['label'] for v in in_subset
+                              for a in database[v].get('annotations', ()))
+  scored = collections.Counter(d['label'] for v, found in results.items() if v in in_subset
+                               for d in found)
+  return {
+      'ground_truth_videos': len(in_subset),
+      'ground_truth_instances': sum(truth.values()),
+      'predicted_videos': len(results),
+      'predictions': sum(len(found) for found in results.values()),
+      'predictions_scored': sum(scored.values()),
+      'videos_absent_from_ground_truth': sorted(v for v in results if v not in database),
+      'videos_of_other_subsets': sorted(v for v in results if v in database and v not in in_subset),
+      'per_class_counts': {c: {'ground_truth': truth[c], 'predictions': scored[c]}
+                           for c in sorted(truth)},
+  }
+
+
 def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSource, subset: str,
              thresholds: Sequence[float]) -> dict[str, Any]:
-  """The summary written as JSON: settings, mAP per tIoU and the quoted averages."""
-  map_T, _ = evaluation.detection_map(ground_truth, predictions, subset=subset,
-                                      tiou_thresholds=thresholds)
-  return {'ground_truth': ground_truth, 'predictions': predictions, 'subset': subset,
-          **reporting.summarize(map_T, thresholds)}
+  """The summary written as JSON: settings, mAP per tIoU, the quoted averages, the AP of every
+  class and the counts."""
+  ap_TxC, class_names = evaluation.average_precision_per_class(
+      ground_truth, predictions, subset=subset, tiou_thresholds=thresholds)
+  summary = {'ground_truth': ground_truth, 'predictions': predictions, 'subset': subset,
+             **reporting.summarize(ap_TxC.mean(axis=1), thresholds),
+             'per_class_AP': {c: [float(a) for a in ap_T] for c, ap_T in zip(class_names,
+                                                                               ap_TxC.T)}}
+  summary.update(counts(evaluation.load_json(ground_truth, 'ground truth')[0],
+                        evaluation.load_json(predictions, 'predictions')[0], subset))
+  return summary
+
+
+def unscored_warnings(summary: dict[str, Any], shown: int = 5) -> list[str]:
+  """One warning per kind of predicted video whose predictions were not scored."""
+  warnings = []
+  for key, what in (('videos_absent_from_ground_truth', 'absent from the ground truth'),
+                    ('videos_of_other_subsets', f'not in subset {summary["subset"]!r}')):
+    videos = summary[key]
+    if videos:
+      more = f' and {len(videos) - shown} more' if len(videos) > shown else ''
+      warnings.append(f'warning: {len(videos)} predicted videos are {what}; their predictions '
+                      f'are not scored: {", ".join(videos[:shown])}{more}')
+  return warnings
 
 
 def check_output_folder(output_json: str) -> None:
@@ -57,7 +105,12 @@ def main(argv: Sequence[str]) -> None:
   check_output_folder(_OUTPUT_JSON.value)
   summary = evaluate(_GROUND_TRUTH.value, _PREDICTIONS.value, _SUBSET.value,
                      parse_thresholds(_TIOU.value))
+  for warning in unscored_warnings(summary):
+    print(warning, file=sys.stderr)
+  print(reporting.format_counts(summary))
   print(reporting.format_table(summary))
+  if _PER_CLASS.value:
+    print(reporting.format_per_class(summary))
   if _OUTPUT_JSON.value:
     reporting.write_json_atomically(_OUTPUT_JSON.value, summary)
 

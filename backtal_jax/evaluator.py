@@ -8,7 +8,7 @@ gathering of every process's detections and the mAP run on the host in NumPy.
 import functools
 import json
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -25,6 +25,7 @@ from backtal_jax import models
 from backtal_jax import postprocess
 from backtal_jax import preflight
 from backtal_jax import reporting
+from backtal_jax import run_records
 from backtal_jax import sharding
 from backtal_jax import train_state
 from backtal_jax import visualize
@@ -113,15 +114,6 @@ def score_detections(detections: dict, split: datasets.EvalSplit,
   return summary
 
 
-def plot_video(path: epath.PathLike, outputs: dict[str, np.ndarray], video: annotations.Video,
-               class_names, detections: list[dict]) -> None:
-  """The one call into `visualize`: the CAS of the video's ground-truth classes, or, for a video
-  nobody annotated, of the classes detected in it (else of its best-scoring class)."""
-  classes = video.labels or tuple(sorted({class_names.index(d['label']) for d in detections}))
-  classes = classes or (int(np.argmax(outputs['scores'][:-1])),)
-  visualize.plot_video(path, outputs['cas'], video, class_names, detections, classes=classes)
-
-
 class Evaluator:
   """A model on a mesh, turned into detections, scores and the files a researcher reads."""
 
@@ -133,10 +125,12 @@ class Evaluator:
     self._eval_fn = jit_eval_step(model, mesh)
 
   def detect(self, params, source: pipeline.Source, class_names, keep: int = 0,
-             batch_size: int = 0) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
-    """Detections of every video of `source`, gathered from all processes, and the
-    post-processing inputs (cas, scores, feature_norm) of the first `keep` videos this process
-    read, for plots. `batch_size`: global videos per step (0: config.eval.batch_size)."""
+             names: Sequence[str] = (), batch_size: int = 0
+             ) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
+    """Detections of every video of `source`, gathered from all processes, and, for plots, what
+    post-processing read (cas, scores, feature_norm, frame_num, duration, click_labels) of the
+    first `keep` videos this process read and of the videos named in `names`. `batch_size`:
+    global videos per step (0: config.eval.batch_size)."""
     config = self.config
     detections, kept = {}, {}
     for batch, metadata in pipeline.eval_batches(
@@ -154,36 +148,56 @@ class Evaluator:
             outputs['cas'][row], outputs['scores'][row], outputs['feature_norm'][row][:, None],
             frame_num=video.frame_num, duration=video.duration, class_names=class_names,
             config=config)
-        if len(kept) < keep:
-          kept[video.vid_name] = {k: v[row] for k, v in outputs.items()}
+        if len(kept) < keep or video.vid_name in names:
+          kept[video.vid_name] = {**{k: v[row] for k, v in outputs.items()},
+                                  'frame_num': video.frame_num, 'duration': video.duration,
+                                  'click_labels': batch['click_labels'][row]}
     return gather_from_processes(detections), kept
 
-  def evaluate(self, params, split: datasets.EvalSplit, tag: str, plots: int = 0) -> dict:
-    """mAP of `params` on `split`; detections JSON and `plots` PNGs under the workdir."""
+  def evaluate(self, params, split: datasets.EvalSplit, tag: str, plots: int = 0,
+               plot_videos: Sequence[str] = ()) -> dict:
+    """mAP of `params` on `split`; detections JSON under the workdir, and PNGs of `plots` videos
+    and of those named in `plot_videos`. The caller logs the result (one line or a table)."""
     started = time.monotonic()
-    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, plots)
+    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, plots,
+                                   plot_videos)
     summary = score_detections(detections, split, self.config)
     summary['seconds'] = time.monotonic() - started
     if self.is_lead:
       folder = epath.Path(self.workdir) / 'detections'
       folder.mkdir(parents=True, exist_ok=True)
       reporting.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
-      logging.info('Evaluation %s on %s (%d videos, %.1f s):\n%s', tag, split.name,
-                   len(detections), summary['seconds'], reporting.format_table(summary))
-      self.plot(epath.Path(self.workdir) / 'plots' / tag, kept, split.ground_truth.videos,
-                split.ground_truth.class_names, detections)
+      missing = sorted(set(plot_videos) - set(detections))
+      if missing and plots:  # the final evaluation: named videos of no split end up here
+        logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
+                        split.name)
+      self.plot(epath.Path(self.workdir) / 'plots' / tag, kept, detections,
+                split.ground_truth.class_names, split.ground_truth.videos)
     return summary
 
-  def plot(self, folder: epath.PathLike, kept: dict, videos, class_names,
-           detections: dict) -> None:
-    """PNGs of the `kept` videos in `folder`; `videos` maps each name to its annotations.Video."""
+  def plot(self, folder: epath.PathLike, kept: dict, detections: dict, class_names: Sequence[str],
+           videos: Mapping[str, annotations.Video]) -> None:
+    """PNGs of the `kept` videos in `folder`; ground-truth instances are drawn for the videos
+    found in `videos` (none for unannotated videos)."""
     if not kept:
       return
     folder = epath.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, outputs in kept.items():
-      plot_video(folder / f'{name}.png', outputs, videos[name], class_names, detections[name])
+    for name, inputs in kept.items():
+      video = videos.get(name)
+      visualize.plot_video(
+          folder / f'{name}.png', inputs, vid_name=name, frame_num=inputs['frame_num'],
+          duration=inputs['duration'], class_names=class_names,
+          detections=detections[name], config=self.config,
+          instances=video.instances if video else (), click_labels_T=inputs['click_labels'])
     logging.info('Plots of %d videos in %s', len(kept), folder)
+
+  def plot_images(self, tag: str) -> dict[str, bytes]:
+    """The PNGs `plot` wrote for `tag`, by video name (for TensorBoard)."""
+    folder = epath.Path(self.workdir) / 'plots' / tag
+    if not folder.exists():
+      return {}
+    return {path.stem: path.read_bytes() for path in sorted(folder.glob('*.png'))}
 
   def write_results(self, summary: dict, **record: Any) -> None:
     """results.json in the workdir: what picked the model, then its test summary."""
@@ -206,13 +220,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Evaluation only: config.eval.checkpoint (orbax folder or official .pth; default
   WORKDIR/best) on the test split, with detections, plots and results.json in `workdir`."""
   mesh = sharding.make_mesh()
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), run_records.recorded(config, workdir):
     preflight.check_config(config, mesh.size)
     source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
     model, params = restore_model(config, source, mesh)
     test = datasets.open_datasets(config, workdir).test
     preflight.check_data(config, datasets.features_root(config, workdir))
     evaluator = Evaluator(config, model, mesh, workdir)
-    summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots)
+    summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots,
+                                 plot_videos=config.eval.plot_videos)
     evaluator.write_results(summary, checkpoint=source)
+    if evaluator.is_lead:
+      logging.info('Evaluation of %s on %s (%.1f s); mAP:\n%s', source, test.name,
+                   summary['seconds'], reporting.format_table(summary))
     return summary

@@ -7,7 +7,7 @@ from absl import logging as absl_logging
 CHATTY_LIBRARIES = ('orbax', 'etils', 'jax/_src')
 
 
-class _LibraryInfoFilter(logging.Filter):
+class LibraryInfoFilter(logging.Filter):
   """Drops INFO-and-below records of chatty libraries (orbax logs every save step by step)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
@@ -17,4 +17,4 @@ class _LibraryInfoFilter(logging.Filter):
 
 
 def quiet_library_logs() -> None:
-  absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  absl_logging.get_absl_handler().addFilter(LibraryInfoFilter())

@@ -3,6 +3,7 @@
   python -m backtal_jax.main --config=configs/thumos.py:synthetic --workdir=/tmp/backtal
 """
 
+
 from absl import app
 from absl import flags
 from absl import logging

@@ -74,6 +74,16 @@ def threshold_range(start: float, stop: float, step: float) -> np.ndarray:
   return np.arange(start, stop, step)
 
 
+def cas_thresholds(eval_config: ml_collections.ConfigDict) -> np.ndarray:
+  return threshold_range(eval_config.act_thresh_min, eval_config.act_thresh_max,
+                         eval_config.act_thresh_step)
+
+
+def feature_thresholds(eval_config: ml_collections.ConfigDict) -> np.ndarray:
+  return threshold_range(eval_config.feature_thresh_min, eval_config.feature_thresh_max,
+                         eval_config.feature_thresh_step)
+
+
 def find_runs(mask_RxL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Maximal runs of True per row: (row, first, last) index arrays, row-major, in time order."""
   num_rows, length = mask_RxL.shape
@@ -143,16 +153,13 @@ def class_proposal_masks(scores_LxK: np.ndarray, magnitudes_L: np.ndarray,
   CAS thresholds zero what lies below them and score the thresholded CAS; feature-magnitude
   thresholds select positions by magnitude and score the plain (resized) CAS.
   """
-  cas_thresholds = threshold_range(eval_config.act_thresh_min, eval_config.act_thresh_max,
-                                   eval_config.act_thresh_step)
+  cas_R = cas_thresholds(eval_config)
   scores_KxL = scores_LxK.T
-  values = np.where(scores_KxL[:, None, :] >= cas_thresholds[None, :, None],
+  values = np.where(scores_KxL[:, None, :] >= cas_R[None, :, None],
                     scores_KxL[:, None, :], np.float32(0))
   masks = values > 0
   if eval_config.feature_proposals:
-    feat_thresholds = threshold_range(eval_config.feature_thresh_min,
-                                      eval_config.feature_thresh_max,
-                                      eval_config.feature_thresh_step)
+    feat_thresholds = feature_thresholds(eval_config)
     feat_mask_RxL = (magnitudes_L[None, :] >= feat_thresholds[:, None]) & (magnitudes_L > 0)
     num_classes = scores_KxL.shape[0]
     masks = np.concatenate(
@@ -168,6 +175,21 @@ def shrink_segments(starts: np.ndarray, ends: np.ndarray, ratio: float):
   """Moves both ends inwards by `ratio` of the segment length (ActivityNet/HACS setting)."""
   length = ends - starts
   return starts + length * ratio, ends - length * ratio
+
+
+def proposal_signals(cas_TxC1: np.ndarray, feature_TxH: np.ndarray, classes: Sequence[int], *,
+                     frame_num: int, eval_config: ml_collections.ConfigDict):
+  """The arrays the thresholds are applied to: the min-max normalised CAS of `classes` and the
+  feature magnitude (None without feature proposals), both stretched to `frame_num` positions.
+
+  detect_video and the plots both call this, so a plot shows exactly what made each proposal.
+  """
+  scores_LxK = linear_resize(minmax_normalize_cas(cas_TxC1)[:, np.asarray(classes, np.int64)],
+                             frame_num)
+  magnitudes_L = None
+  if eval_config.feature_proposals:
+    magnitudes_L = linear_resize(feature_magnitudes(feature_TxH)[:, None], frame_num)[:, 0]
+  return scores_LxK, magnitudes_L
 
 
 def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH: np.ndarray, *,
@@ -190,11 +212,8 @@ def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH:
   confident = np.nonzero(video_scores_C >= np.float32(eval_config.class_score_thresh))[0]
   if confident.size == 0 or frame_num <= 0:
     return []
-  cas_TxC = minmax_normalize_cas(cas_TxC1)[:, confident]
-  scores_LxK = linear_resize(cas_TxC, frame_num)
-  magnitudes_L = None
-  if eval_config.feature_proposals:
-    magnitudes_L = linear_resize(feature_magnitudes(feature_TxH)[:, None], frame_num)[:, 0]
+  scores_LxK, magnitudes_L = proposal_signals(cas_TxC1, feature_TxH, confident,
+                                               frame_num=frame_num, eval_config=eval_config)
   masks_KxRxL, values_KxRxL = class_proposal_masks(scores_LxK, magnitudes_L, eval_config)
   num_rows = masks_KxRxL.shape[1]
   masks_QxL = masks_KxRxL.reshape(-1, frame_num)

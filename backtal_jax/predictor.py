@@ -91,17 +91,6 @@ class Predictor:
     return detections[name]
 
 
-def plot_videos(predictor: Predictor, folder: str, kept: dict, detections: dict,
-                videos: Sequence[unannotated.UnannotatedVideo],
-                ground_truth: annotations.GroundTruth | None) -> None:
-  """Plots of the kept videos, with their ground-truth instances where there are some."""
-  known = ground_truth.videos if ground_truth else {}
-  plotted = {video.vid_name: known.get(video.vid_name) or annotations.Video(
-      name=video.vid_name, subset='', duration=video.duration, fps=video.fps, instances=())
-             for video in videos if video.vid_name in kept}
-  predictor.evaluator.plot(folder, kept, plotted, predictor.class_names, detections)
-
-
 def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: Sequence[str],
             output: str, *, plots: str = '', num_plots: int = 8, ground_truth: str = '',
             subset: str = '', metadata_csv: str = '', duration: float | None = None,
@@ -126,7 +115,8 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
     reporting.write_json_atomically(epath.Path(output), reporting.detections_file(detections))
     logging.info('Wrote %s', output)
     if plots:
-      plot_videos(predictor, plots, kept, detections, videos, truth)
+      predictor.evaluator.plot(plots, kept, detections, predictor.class_names,
+                               truth.videos if truth else {})
   if truth is None:
     return None
   split = datasets.EvalSplit('predicted', unannotated.FileSource(videos, config), truth,

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import os
 import signal
-import time
 
 from absl import logging
 from etils import epath
@@ -28,7 +27,9 @@ from backtal_jax import metric_writer
 from backtal_jax import models
 from backtal_jax import optimizer
 from backtal_jax import preflight
+from backtal_jax import progress
 from backtal_jax import reporting
+from backtal_jax import run_records
 from backtal_jax import sharding
 from backtal_jax import train_state
 from backtal_jax import workdir_lock
@@ -52,7 +53,7 @@ def train_step(state: TrainState, batch: dict, *, model: models.BackTAL,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  return new_state, {'loss': total, **terms}
+  return new_state, {'loss': total, **terms, 'grad_norm': optax.tree.norm(grads)}
 
 
 def jit_train_step(model, tx, config, mesh, state: TrainState):
@@ -115,11 +116,6 @@ def check_finite(run: 'Run', state: TrainState, watch: finiteness.StepWatch) -> 
               run.checkpoints.latest_step(), str(epath.Path(run.workdir) / 'checkpoints'))
 
 
-def format_duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
-
-
 class Run:
   """One training run's pieces, so that train_and_evaluate reads as the loop it is."""
 
@@ -136,6 +132,7 @@ class Run:
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
+    self.writer.write_texts(0, {'config': run_records.config_markdown(config)})
     self.evaluator = evaluator.Evaluator(config, self.model, mesh, workdir)
 
   def close(self) -> None:
@@ -150,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   latest checkpoint in `workdir`. Returns the final state; raises errors.Stopped after saving a
   checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock."""
   mesh = sharding.make_mesh()
-  with jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0):
+  with (jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0),
+        run_records.recorded(config, workdir)):
     run = Run(config, workdir, mesh)
     try:
       return _train_loop(run)
@@ -178,7 +176,8 @@ def _train_loop(run: Run) -> TrainState:
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.train.num_epochs * steps_per_epoch
   first_step = int(state.step)  # the one sync with the device; the loop counts on the host
-  started = time.monotonic()
+  clock = progress.Progress(total_steps, steps_per_epoch, config.train.num_epochs,
+                            config.eval.every_epochs, config.train.progress_every_seconds)
   epoch_metrics: list[dict] = []
   guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
   watch = finiteness.StepWatch()
@@ -190,6 +189,8 @@ def _train_loop(run: Run) -> TrainState:
         with jax.transfer_guard(guard):
           state, metrics = step_fn(state, batch)
         watch.record(step, state, metrics['loss'], host_batch['index'])
+        if step == first_step + 1:
+          clock.resume(step)  # compiled: the clock counts training steps only
         epoch_metrics.append(metrics)
         end_of_epoch = step % steps_per_epoch == 0
         # Host syncs (metrics, the cross-host SIGTERM vote) only here, so steps dispatch ahead.
@@ -198,12 +199,14 @@ def _train_loop(run: Run) -> TrainState:
           check_finite(run, state, watch)
           means = mean_metrics(epoch_metrics[-config.train.log_every_steps:])
           run.writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+          if not end_of_epoch and clock.line_due():
+            log_progress(run, clock, step, steps_per_epoch, means)
         if end_of_epoch:
-          rate = (step - first_step) / (time.monotonic() - started)
-          log_epoch(run, step // steps_per_epoch, step, total_steps, mean_metrics(epoch_metrics),
-                    rate)
+          log_progress(run, clock, step, steps_per_epoch, mean_metrics(epoch_metrics))
           epoch_metrics = []
+          clock.evaluation_started(step)
           history = finish_epoch(run, state, loader.position, history)
+          clock.evaluation_finished(step)
         if sync_point and any_process(preemption.requested):
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
@@ -215,11 +218,18 @@ def _train_loop(run: Run) -> TrainState:
   return state
 
 
-def log_epoch(run: Run, epoch: int, step: int, total_steps: int, means: dict, rate: float):
-  eta = (total_steps - step) / max(rate, 1e-9)
-  terms = ' '.join(f'{k} {v:.4f}' for k, v in means.items() if k != 'loss')
-  logging.info('epoch %d/%d | loss %.4f (%s) | %.2f steps/s | ETA %s', epoch,
-               run.config.train.num_epochs, means['loss'], terms, rate, format_duration(eta))
+def log_progress(run: Run, clock: progress.Progress, step: int, steps_per_epoch: int,
+                 means: dict):
+  """The epoch line (or, inside a long epoch, its progress so far): loss terms, steps/s and ETA
+  over the training time since the last line."""
+  rate, eta = clock.close_interval(step)
+  epoch, in_epoch = divmod(step, steps_per_epoch)
+  where = (f'epoch {epoch}/{run.config.train.num_epochs}' if not in_epoch else
+           f'epoch {epoch + 1}/{run.config.train.num_epochs} step {in_epoch}/{steps_per_epoch}')
+  terms = ' '.join(f'{k} {v:.4g}' for k, v in means.items() if k != 'loss')
+  if run.is_lead:
+    logging.info('%s | loss %.4f (%s) | %.2f steps/s | ETA %s', where, means['loss'], terms, rate,
+                 progress.format_duration(eta))
   run.writer.write_scalars(step, {'train/learning_rate': run.config.train.learning_rate,
                                   'train/steps_per_second': rate})
 
@@ -255,15 +265,21 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
 def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
                    ) -> tuple[dict, bool]:
   """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
-  summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}')
+  summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}',
+                                   plot_videos=run.config.eval.plot_videos)
   run.writer.write_scalars(int(state.step), {
       **{f'{run.data.selection.name}/mAP@{t:.2f}': m
          for t, m in zip(summary['tiou'], summary['mAP'])},
       **{f'{run.data.selection.name}/average_mAP_{k}': v
          for k, v in summary['average_mAP'].items()}})
-  if summary['selection'] > history['best']:
-    return {'best': summary['selection'], 'best_epoch': epoch}, True
-  return history, False
+  is_best = summary['selection'] > history['best']
+  if is_best:
+    history = {'best': summary['selection'], 'best_epoch': epoch}
+  if run.is_lead:
+    logging.info('%s', reporting.evaluation_line(
+        summary, epoch=epoch, split=run.data.selection.name,
+        metric=run.config.train.selection_metric, **history))
+  return history, is_best
 
 
 def evaluate_pending_epoch(run: Run, state: TrainState, history: dict) -> dict:
@@ -287,7 +303,10 @@ def final_report(run: Run, state: TrainState, history: dict) -> None:
     return
   best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
   summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
-                                   plots=run.config.eval.num_plots)
+                                   plots=run.config.eval.num_plots,
+                                   plot_videos=run.config.eval.plot_videos)
+  run.writer.write_images(int(state.step), {f'best_test/{name}': png for name, png in
+                                            run.evaluator.plot_images('best_test').items()})
   run.evaluator.write_results(summary, best_epoch=history['best_epoch'],
                               selection_split=run.data.selection.name,
                               selection_metric=run.config.train.selection_metric)

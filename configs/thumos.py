@@ -85,6 +85,7 @@ def get_eval_config() -> ml_collections.ConfigDict:
   ev.batch_size = 8  # videos per evaluation batch (global; a multiple of the device count)
   ev.every_epochs = 1  # evaluate on the selection split every this many epochs (EVAL_INTERVAL)
   ev.num_plots = 4  # PNG plots of this many test videos after the final evaluation
+  ev.plot_videos = ()  # plot these videos (names) at every evaluation of a split holding them
   ev.only = False  # evaluate a checkpoint on the test split instead of training
   ev.checkpoint = ml_collections.config_dict.placeholder(str)  # with only: orbax folder or .pth
   # (unset: WORKDIR/best)
@@ -107,6 +108,7 @@ def get_train_config() -> ml_collections.ConfigDict:
   train.heldout_fraction = 0.1  # share of training videos held out with selection_split='heldout'
   train.selection_metric = 'map@0.5'  # 'map@X' or 'average' (official: THUMOS14 mAP@0.5)
   train.log_every_steps = 10  # fetch, check and log the metrics (and heed SIGTERM) this often
+  train.progress_every_seconds = 60.0  # a progress line inside an epoch this often (at most)
   train.max_checkpoints_to_keep = 2  # latest checkpoints kept for resuming (the best is apart)
   train.debug_transfer_guard = False  # True: implicit host/device copies in the step are errors
   return train

@@ -18,8 +18,8 @@ PRED = {'results': {'v1': [{'label': 'a', 'segment': [0.0, 5.5], 'score': 0.9},
                            {'label': 'b', 'segment': [20.0, 30.0], 'score': 0.8}]}}
 
 
-def run_cli(tmp_path, predictions, *extra):
-  (tmp_path / 'gt.json').write_text(json.dumps(GT))
+def run_cli(tmp_path, predictions, *extra, ground_truth=None):
+  (tmp_path / 'gt.json').write_text(json.dumps(ground_truth or GT))
   (tmp_path / 'pred.json').write_text(predictions)
   env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run(
@@ -63,3 +63,35 @@ def test_cli_error_names_the_file_and_writes_nothing(tmp_path):
   assert "pred.json: video 'v1': label 'zz'" in result.stderr
   assert not out.exists()
   assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_cli_per_class_counts_and_unscored_videos(tmp_path):
+  ground_truth = {'database': {
+      **GT['database'],
+      'v2': {'subset': 'test', 'annotations': [{'label': 'a', 'segment': [5.0, 9.0]}]},
+      'v3': {'subset': 'train', 'annotations': [{'label': 'b', 'segment': [0.0, 1.0]}]}}}
+  predictions = {'results': {
+      **PRED['results'],
+      'v3': [{'label': 'b', 'segment': [0.0, 1.0], 'score': 0.5}],
+      'elsewhere': [{'label': 'a', 'segment': [0.0, 1.0], 'score': 0.5}] * 2}}
+  out = tmp_path / 'summary.json'
+  result = run_cli(tmp_path, json.dumps(predictions), '--tiou=0.5,0.6', '--per_class',
+                   f'--output_json={out}', ground_truth=ground_truth)
+  assert result.returncode == 0, result.stderr
+  assert ('warning: 1 predicted videos are absent from the ground truth; their predictions are '
+          'not scored: elsewhere') in result.stderr
+  assert "warning: 1 predicted videos are not in subset 'test'" in result.stderr
+  assert ("ground truth: 3 instances in 2 videos of subset 'test'; predictions: 5 in 3 videos, "
+          '2 scored') in result.stdout
+  # Class a: 2 instances, 1 prediction (tIoU 0.55): AP 0.5 at 0.5, 0 at 0.6; class b: AP 1.
+  assert 'a          2      1  50.00   0.00' in result.stdout
+  assert 'b          1      1 100.00 100.00' in result.stdout
+  summary = json.loads(out.read_text())
+  np.testing.assert_allclose(summary['per_class_AP']['a'], [0.5, 0.0])
+  np.testing.assert_allclose(summary['mAP'], [0.75, 0.5])
+  assert summary['per_class_counts'] == {'a': {'ground_truth': 2, 'predictions': 1},
+                                         'b': {'ground_truth': 1, 'predictions': 1}}
+  assert summary['videos_absent_from_ground_truth'] == ['elsewhere']
+  assert summary['videos_of_other_subsets'] == ['v3']
+  assert (summary['ground_truth_instances'], summary['predictions'],
+          summary['predictions_scored']) == (3, 5, 2)

@@ -1,7 +1,10 @@
 """Event files that TensorBoard reads, written without TensorFlow."""
 
+import io
 import struct
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 from backtal_jax import metric_writer
@@ -44,3 +47,52 @@ def test_disabled_writer_writes_nothing(tmp_path):
   writer.write_scalars(1, {'loss': 1.0})
   writer.close()
   assert not (tmp_path / 'tb').exists()
+
+
+def accumulate(logdir):
+  """The events as TensorBoard itself reads them."""
+  event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  accumulator = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.IMAGES: 0, event_accumulator.TENSORS: 0,
+                                  event_accumulator.SCALARS: 0})
+  return accumulator.Reload()
+
+
+def tiny_png(height, width):
+  buffer = io.BytesIO()
+  matplotlib.image.imsave(buffer, np.zeros((height, width, 3)), format='png')
+  return buffer.getvalue()
+
+
+def test_tensorboard_reads_scalars_images_and_text(tmp_path):
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write_scalars(3, {'train/loss': 0.5})
+  png = tiny_png(7, 11)
+  writer.write_images(9, {'plots/video_1': png})
+  writer.write_texts(0, {'config': 'model:\n  hidden_dim: 128'})
+  writer.close()
+  accumulator = accumulate(tmp_path)
+  assert [(e.step, e.value) for e in accumulator.Scalars('train/loss')] == [(3, 0.5)]
+  (image,) = accumulator.Images('plots/video_1')
+  assert (image.step, image.height, image.width, image.encoded_image_string) == (9, 7, 11, png)
+  (text,) = accumulator.Tensors('config')
+  assert text.tensor_proto.string_val == [b'model:\n  hidden_dim: 128']
+  assert accumulator.summary_metadata['config'].plugin_data.plugin_name == 'text'
+
+
+def test_writers_opened_in_the_same_second_keep_their_own_files(tmp_path, monkeypatch):
+  monkeypatch.setattr(metric_writer.time, 'time', lambda: 1_800_000_000.25)
+  first = metric_writer.MetricWriter(str(tmp_path))
+  first.write_scalars(1, {'a': 1.0})
+  second = metric_writer.MetricWriter(str(tmp_path))
+  second.write_scalars(2, {'b': 2.0})
+  first.close()
+  second.close()
+  paths = sorted(tmp_path.glob('events.out.tfevents.1800000000.*'))
+  assert len(paths) == 2
+  tags = [[v.tag for r in read_records(p)[1:] for v in decode(r).summary.value] for p in paths]
+  assert sorted(tags) == [['a'], ['b']]
+
+
+def decode(record):
+  return pytest.importorskip('tensorboardX.proto.event_pb2').Event.FromString(record)

@@ -93,7 +93,7 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   assert results['checkpoint'] == config.eval.checkpoint
   assert results['mAP'] == summary['mAP']
   assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [
-      'detections', 'plots', 'results.json']
+      'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json', 'run.json']
 
 
 @pytest.mark.slow

@@ -1,0 +1,72 @@
+"""Steps/s and ETA count training steps only; one line per evaluation."""
+
+import numpy as np
+
+from backtal_jax import progress
+from backtal_jax import reporting
+
+
+class FakeClock:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_rate_and_eta_leave_out_compilation_and_evaluation():
+  clock = FakeClock()
+  tracker = progress.Progress(total_steps=40, steps_per_epoch=10, num_epochs=4,
+                              eval_every_epochs=1, line_every_seconds=30, clock=clock)
+  clock.now += 20  # compiling the first step
+  tracker.resume(1)
+  clock.now += 9  # steps 2..10 at 1 step/s
+  rate, eta = tracker.close_interval(10)
+  assert rate == 1.0
+  # 30 steps at 1 step/s, and 5 evaluations (epochs 1..4, the final test) of unknown length.
+  assert eta == 30.0
+  tracker.evaluation_started(10)
+  clock.now += 5  # evaluating epoch 1
+  tracker.evaluation_finished(10)
+  clock.now += 5  # steps 11..20 at 2 steps/s
+  rate, eta = tracker.close_interval(20)
+  assert rate == 2.0
+  assert eta == 20 / 2 + 4 * 5  # epochs 2 (pending), 3, 4 and the final evaluation, 5 s each
+
+
+def test_lines_inside_an_epoch_come_on_time():
+  clock = FakeClock()
+  tracker = progress.Progress(total_steps=600, steps_per_epoch=590, num_epochs=1,
+                              eval_every_epochs=1, line_every_seconds=30, clock=clock)
+  assert not tracker.line_due()
+  tracker.resume(1)
+  clock.now += 29
+  assert not tracker.line_due()
+  clock.now += 1
+  assert tracker.line_due()
+  rate, _ = tracker.close_interval(61)
+  assert rate == 2.0 and not tracker.line_due()
+
+
+def test_evaluations_after():
+  assert progress.evaluations_after(0, num_epochs=10, every_epochs=3) == 4 + 1  # 3, 6, 9, 10
+  assert progress.evaluations_after(10, num_epochs=10, every_epochs=3) == 1
+  assert progress.format_duration(3725.4) == '1:02:05'
+
+
+def summary(map_at_half, seconds=2.0):
+  thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+  result = reporting.summarize(np.asarray([0.7, 0.6, 0.5, 0.5, map_at_half, 0.3, 0.2]),
+                               thresholds)
+  result['seconds'] = seconds
+  return result
+
+
+def test_evaluation_line_marks_the_new_best():
+  line = reporting.evaluation_line(summary(0.4), epoch=3, split='test', metric='map@0.5',
+                                   best=0.4, best_epoch=3)
+  assert line == 'epoch 3 test | mAP@0.5 40.00 | avg 0.1:0.7 45.71 | new best | 2.0 s'
+  line = reporting.evaluation_line(summary(0.3), epoch=4, split='heldout', metric='map@0.5',
+                                   best=0.4, best_epoch=3)
+  assert line == ('epoch 4 heldout | mAP@0.5 30.00 | avg 0.1:0.7 44.29 | '
+                  'best map@0.5 40.00 at epoch 3 | 2.0 s')
