@@ -72,7 +72,7 @@ def test_run_records(trained):
   assert 'seed: 7' in (workdir / 'config.txt').read_text()
   (log,) = (workdir / 'logs').glob('*.log')
   logged = log.read_text()
-  assert 'JAX process 0 of 1' in logged and 'new best' in logged and 'tIoU  mAP (%)' in logged
+  assert 'Run records' in logged and 'new best' in logged and 'tIoU  mAP (%)' in logged
   assert set(logged.splitlines()) <= set(console.splitlines())
 
 
