@@ -7,6 +7,7 @@ and biases, since the official recipe (Adam at 1e-4 without a schedule) was tune
 """
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -114,18 +115,40 @@ class Dropout(nn.Module):
 
 
 class BaseModule(nn.Module):
-  """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes."""
+  """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes.
+
+  The passes (plain and foreground-weighted features) run as one call over their concatenated
+  batches, so each weight is read once per step instead of once per pass; dropout then draws one
+  mask per pass, in pass order, the same draws as one call per pass.
+  """
   hidden_dim: int
   dropout_rate: float
   semantics: str
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxTxF, similarity_BxTx3, deterministic: bool):
+  def __call__(self, passes_x_BxTxF: Sequence[jax.Array], similarity_BxTx3,
+               deterministic: bool) -> list[tuple[jax.Array, jax.Array]]:
     conv = functools.partial(AffinityConv, self.hidden_dim, self.semantics, self.dtype)
-    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BxTxF, similarity_BxTx3))
-    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BxTx3))
-    return feature_1, Dropout(self.dropout_rate)(feature_2, deterministic=deterministic)
+    num_passes = len(passes_x_BxTxF)
+    # Passes interleaved per video ([B, P] -> [B * P]), so each device keeps its own rows.
+    x_BPxTxF = merge_passes(jnp.stack(passes_x_BxTxF, axis=1))
+    similarity_BPxTx3 = merge_passes(jnp.stack([similarity_BxTx3] * num_passes, axis=1))
+    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BPxTxF, similarity_BPxTx3))
+    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BPxTx3))
+    feature_1_BxPxTxH = split_passes(feature_1, num_passes)
+    feature_2_BxPxTxH = split_passes(feature_2, num_passes)
+    dropout = Dropout(self.dropout_rate)
+    return [(feature_1_BxPxTxH[:, p], dropout(feature_2_BxPxTxH[:, p], deterministic=deterministic))
+            for p in range(num_passes)]
+
+
+def merge_passes(x_BxPx___):
+  return x_BxPx___.reshape((-1,) + x_BxPx___.shape[2:])
+
+
+def split_passes(x_BPx___, num_passes: int):
+  return x_BPx___.reshape((-1, num_passes) + x_BPx___.shape[1:])
 
 
 class ClassifierModule(nn.Module):
@@ -182,10 +205,9 @@ class BackTAL(nn.Module):
     embedding_BxTxE = self.embedding_module(x_BxTxF)
     similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)
 
-    _, feature_base_2 = self.base_module(x_BxTxF, similarity_BxTx3, deterministic)
+    (_, feature_base_2), (feature_supp_1, feature_supp_2) = self.base_module(
+        [x_BxTxF, x_BxTxF * fore_weights_BxTx1], similarity_BxTx3, deterministic)
     cas_base = self.classifier_module(feature_base_2)
-    feature_supp_1, feature_supp_2 = self.base_module(
-        x_BxTxF * fore_weights_BxTx1, similarity_BxTx3, deterministic)
     cas_supp = self.classifier_module(feature_supp_2)
 
     k = num_topk(features_BxTxF.shape[1], self.topk_ratio)

@@ -18,6 +18,7 @@ learns the program compiles and fits before paying for the slice.
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import time
 from typing import Sequence
@@ -58,10 +59,10 @@ CHIPS = {
 # Cloud accelerator types (as `gcloud ... --accelerator-type` spells them) -> topology names.
 ACCELERATOR_TOPOLOGIES = {
     'v4-8': 'v4:2x2x1', 'v4-16': 'v4:2x2x2', 'v4-32': 'v4:2x2x4',
-    'v5litepod-1': 'v5e:1x1', 'v5litepod-4': 'v5e:2x2', 'v5litepod-8': 'v5e:2x4',
+    'v5litepod-4': 'v5e:2x2', 'v5litepod-8': 'v5e:2x4',
     'v5litepod-16': 'v5e:4x4',
     'v5p-8': 'v5p:2x2x1', 'v5p-16': 'v5p:2x2x2', 'v5p-32': 'v5p:2x2x4',
-    'v6e-1': 'v6e:1x1', 'v6e-4': 'v6e:2x2', 'v6e-8': 'v6e:2x4', 'v6e-16': 'v6e:4x4',
+    'v6e-4': 'v6e:2x2', 'v6e-8': 'v6e:2x4', 'v6e-16': 'v6e:4x4',
 }
 
 DATASETS = {
@@ -73,7 +74,12 @@ DATASETS = {
 
 
 def topology_devices(topology: str) -> list:
-  """The chips of a slice, one JAX device per chip (v4 and v5p as megacore, as on a TPU VM)."""
+  """The chips of a slice, one JAX device per chip (v4 and v5p as megacore, as on a TPU VM).
+
+  Compiling touches no chip, so several compiling processes may load libtpu at once (libtpu
+  otherwise takes a machine-wide lock).
+  """
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   two_cores = topology.split(':')[0] in ('v4', 'v5p')
   options = {'chip_config_name': 'megacore'} if two_cores else {}
