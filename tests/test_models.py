@@ -17,7 +17,8 @@ class BasePasses(nn.Module):
                              dtype='float32', name='base')
     if self.one_call:
       return base([x_BxTxF, weighted_BxTxF], similarity_BxTx3, False)
-    return base([x_BxTxF], similarity_BxTx3, False) + base([weighted_BxTxF], similarity_BxTx3, False)
+    plain = base([x_BxTxF], similarity_BxTx3, False)
+    return plain + base([weighted_BxTxF], similarity_BxTx3, False)
 
 
 def test_passes_in_one_call_equal_one_call_each_with_the_same_dropout():
