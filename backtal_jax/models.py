@@ -191,16 +191,20 @@ class BackTAL(nn.Module):
   def setup(self):
     affinity.check_semantics(self.affinity)
     compute_dtype = jnp.dtype(self.dtype)
-    self.filter_module = FilterModule(self.filter_dim, compute_dtype)
-    self.embedding_module = EmbeddingModule(self.embed_hidden_dim, self.embed_dim, compute_dtype)
+    # Only the base module (most of the FLOPs and bytes) computes in bfloat16: trained with the
+    # filter, embedding and classifier in bfloat16 too, the testbed loses 2-4 points of mAP
+    # (benchmarks/RESULTS.md, "bfloat16 vs float32").
+    at_least_f32 = jnp.promote_types(compute_dtype, jnp.float32)
+    self.filter_module = FilterModule(self.filter_dim, at_least_f32)
+    self.embedding_module = EmbeddingModule(self.embed_hidden_dim, self.embed_dim, at_least_f32)
     self.base_module = BaseModule(self.hidden_dim, self.dropout_rate, self.affinity, compute_dtype)
-    self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, compute_dtype)
+    self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, at_least_f32)
 
   def __call__(self, features_BxTxF: jax.Array, deterministic: bool = True) -> BackTALOutputs:
     if features_BxTxF.shape[-1] != self.feat_dim:
       raise ValueError(f'BackTAL expects {self.feat_dim} feature channels (model.feat_dim), '
                        f'got input of shape {features_BxTxF.shape}')
-    x_BxTxF = features_BxTxF.astype(jnp.dtype(self.dtype))
+    x_BxTxF = features_BxTxF.astype(jnp.promote_types(self.dtype, jnp.float32))
     fore_weights_BxTx1 = self.filter_module(x_BxTxF)
     embedding_BxTxE = self.embedding_module(x_BxTxF)
     similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)

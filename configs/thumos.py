@@ -25,7 +25,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.topk_ratio = 0.125  # video score = mean of the top int(T * ratio) CAS values
   model.dropout_rate = 0.7  # dropout after the second affinity convolution
   model.affinity = 'official'  # 'official' (bit-for-bit the released code) or 'paper'
-  model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'; parameters stay float32
+  model.dtype = 'float32'  # 'float32' or 'bfloat16' (the base module only); params stay float32
   return model
 
 

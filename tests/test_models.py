@@ -1,7 +1,9 @@
-"""The base module's two passes as one call: the same outputs and dropout draws as two calls."""
+"""The base module's two passes as one call (same outputs and dropout draws as two calls), and
+what model.dtype='bfloat16' computes in bfloat16."""
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from backtal_jax import models
@@ -35,3 +37,14 @@ def test_passes_in_one_call_equal_one_call_each_with_the_same_dropout():
     np.testing.assert_array_equal(dropped_a, dropped_b)
     assert 0.3 < (np.asarray(dropped_a) == 0).mean() < 0.7  # dropout did draw, per pass
   assert not np.array_equal(outputs[True][0][1] == 0, outputs[True][1][1] == 0)  # two draws
+
+
+def test_bfloat16_computes_the_base_module_only_in_bfloat16():
+  model = models.BackTAL(num_classes=3, feat_dim=8, hidden_dim=8, filter_dim=4,
+                         embed_hidden_dim=4, embed_dim=4, dtype='bfloat16')
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8))
+  params = model.init(jax.random.key(1), x)
+  outputs = model.apply(params, x)
+  assert outputs.feature_supp_1.dtype == jnp.bfloat16  # the affinity convolutions
+  for name in ('cas_base', 'cas_supp', 'score_base', 'embedding', 'fore_weights'):
+    assert outputs[name].dtype == jnp.float32, name
