@@ -155,6 +155,7 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = ()) -> dict:
                      f'{list(CHIPS)}')
   config = dataset_config(dataset, overrides)
   devices = topology_devices(topology)
+  sharding.check_global_batch_size(config.train.batch_size, len(devices))
   started = time.monotonic()
   compiled = compile_train_step(config, devices)
   return {
