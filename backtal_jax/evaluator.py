@@ -50,18 +50,6 @@ def jit_eval_step(model: models.BackTAL, mesh: jax.sharding.Mesh):
                  in_shardings=(sharding.replicated_sharding(mesh), data), out_shardings=data)
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded array, in order (no cross-host transfer)."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  rows, seen = [], set()
-  for shard in shards:
-    start = shard.index[0].start or 0
-    if start not in seen:
-      seen.add(start)
-      rows.append(np.asarray(shard.data))
-  return np.concatenate(rows)
-
-
 def gather_from_processes(detections: dict[str, list]) -> dict[str, list]:
   """Every process's detections, merged (a no-op with one process)."""
   if jax.process_count() == 1:
@@ -140,7 +128,7 @@ class Evaluator:
         process_count=jax.process_count()):
       features = sharding.to_global_batch({'features': batch['features']},
                                           sharding.batch_sharding(self.mesh))['features']
-      outputs = {k: local_rows(v) for k, v in self._eval_fn(params, features).items()}
+      outputs = {k: sharding.local_rows(v) for k, v in self._eval_fn(params, features).items()}
       for row, video in enumerate(metadata):
         if video is None:
           continue

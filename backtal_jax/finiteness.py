@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from backtal_jax import errors
+from backtal_jax import sharding
 
 MAX_LEAVES_NAMED = 8
 
@@ -52,7 +53,7 @@ class _Step:
   step: int
   finite_L: jax.Array  # one flag per floating-point leaf, on the device until the next check
   loss: jax.Array
-  indices: np.ndarray  # dataset indices of this process's rows (-1: padding)
+  indices_B: jax.Array  # the step's dataset indices, batch-sharded (-1: padding)
 
 
 class StepWatch:
@@ -61,8 +62,8 @@ class StepWatch:
   def __init__(self):
     self._steps: list[_Step] = []
 
-  def record(self, step: int, state: Any, loss: jax.Array, indices: np.ndarray) -> None:
-    self._steps.append(_Step(step, finite_leaves(_watched(state)), loss, indices))
+  def record(self, step: int, state: Any, loss: jax.Array, indices_B: jax.Array) -> None:
+    self._steps.append(_Step(step, finite_leaves(_watched(state)), loss, indices_B))
 
   def check(self, state: Any, video_name: Callable[[int], str], last_saved: int | None,
             checkpoint_dir: str) -> None:
@@ -73,7 +74,7 @@ class StepWatch:
       if not (finite_L.all() and np.isfinite(loss)):
         names = float_leaf_names(state)
         leaves = [names[i] for i in np.flatnonzero(~finite_L)]
-        videos = [video_name(int(i)) for i in entry.indices if i >= 0]
+        videos = [video_name(int(i)) for i in sharding.local_rows(entry.indices_B) if i >= 0]
         raise DivergedError(diverged_message(entry.step, float(loss), leaves, videos, last_saved,
                                              checkpoint_dir))
 

@@ -7,6 +7,7 @@ and biases, since the official recipe (Adam at 1e-4 without a schedule) was tune
 """
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -114,18 +115,40 @@ class Dropout(nn.Module):
 
 
 class BaseModule(nn.Module):
-  """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes."""
+  """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes.
+
+  The passes (plain and foreground-weighted features) run as one call over their concatenated
+  batches, so each weight is read once per step instead of once per pass; dropout then draws one
+  mask per pass, in pass order, the same draws as one call per pass.
+  """
   hidden_dim: int
   dropout_rate: float
   semantics: str
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxTxF, similarity_BxTx3, deterministic: bool):
+  def __call__(self, passes_x_BxTxF: Sequence[jax.Array], similarity_BxTx3,
+               deterministic: bool) -> list[tuple[jax.Array, jax.Array]]:
     conv = functools.partial(AffinityConv, self.hidden_dim, self.semantics, self.dtype)
-    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BxTxF, similarity_BxTx3))
-    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BxTx3))
-    return feature_1, Dropout(self.dropout_rate)(feature_2, deterministic=deterministic)
+    num_passes = len(passes_x_BxTxF)
+    # Passes interleaved per video ([B, P] -> [B * P]), so each device keeps its own rows.
+    x_BPxTxF = merge_passes(jnp.stack(passes_x_BxTxF, axis=1))
+    similarity_BPxTx3 = merge_passes(jnp.stack([similarity_BxTx3] * num_passes, axis=1))
+    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BPxTxF, similarity_BPxTx3))
+    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BPxTx3))
+    feature_1_BxPxTxH = split_passes(feature_1, num_passes)
+    feature_2_BxPxTxH = split_passes(feature_2, num_passes)
+    dropout = Dropout(self.dropout_rate)
+    return [(feature_1_BxPxTxH[:, p], dropout(feature_2_BxPxTxH[:, p], deterministic=deterministic))
+            for p in range(num_passes)]
+
+
+def merge_passes(x_BxPx___):
+  return x_BxPx___.reshape((-1,) + x_BxPx___.shape[2:])
+
+
+def split_passes(x_BPx___, num_passes: int):
+  return x_BPx___.reshape((-1, num_passes) + x_BPx___.shape[1:])
 
 
 class ClassifierModule(nn.Module):
@@ -168,24 +191,27 @@ class BackTAL(nn.Module):
   def setup(self):
     affinity.check_semantics(self.affinity)
     compute_dtype = jnp.dtype(self.dtype)
-    self.filter_module = FilterModule(self.filter_dim, compute_dtype)
-    self.embedding_module = EmbeddingModule(self.embed_hidden_dim, self.embed_dim, compute_dtype)
+    # Only the base module (most of the FLOPs and bytes) computes in bfloat16: trained with the
+    # filter, embedding and classifier in bfloat16 too, the testbed loses 2-4 points of mAP
+    # (benchmarks/RESULTS.md, "bfloat16 vs float32").
+    at_least_f32 = jnp.promote_types(compute_dtype, jnp.float32)
+    self.filter_module = FilterModule(self.filter_dim, at_least_f32)
+    self.embedding_module = EmbeddingModule(self.embed_hidden_dim, self.embed_dim, at_least_f32)
     self.base_module = BaseModule(self.hidden_dim, self.dropout_rate, self.affinity, compute_dtype)
-    self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, compute_dtype)
+    self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, at_least_f32)
 
   def __call__(self, features_BxTxF: jax.Array, deterministic: bool = True) -> BackTALOutputs:
     if features_BxTxF.shape[-1] != self.feat_dim:
       raise ValueError(f'BackTAL expects {self.feat_dim} feature channels (model.feat_dim), '
                        f'got input of shape {features_BxTxF.shape}')
-    x_BxTxF = features_BxTxF.astype(jnp.dtype(self.dtype))
+    x_BxTxF = features_BxTxF.astype(jnp.promote_types(self.dtype, jnp.float32))
     fore_weights_BxTx1 = self.filter_module(x_BxTxF)
     embedding_BxTxE = self.embedding_module(x_BxTxF)
     similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)
 
-    _, feature_base_2 = self.base_module(x_BxTxF, similarity_BxTx3, deterministic)
+    (_, feature_base_2), (feature_supp_1, feature_supp_2) = self.base_module(
+        [x_BxTxF, x_BxTxF * fore_weights_BxTx1], similarity_BxTx3, deterministic)
     cas_base = self.classifier_module(feature_base_2)
-    feature_supp_1, feature_supp_2 = self.base_module(
-        x_BxTxF * fore_weights_BxTx1, similarity_BxTx3, deterministic)
     cas_supp = self.classifier_module(feature_supp_2)
 
     k = num_topk(features_BxTxF.shape[1], self.topk_ratio)

@@ -70,3 +70,15 @@ def to_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding)
   process_rows(sharding, local_size.pop() * jax.process_count())
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order (no cross-host transfer)."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)

@@ -56,11 +56,13 @@ def train_step(state: TrainState, batch: dict, *, model: models.BackTAL,
   return new_state, {'loss': total, **terms, 'grad_norm': optax.tree.norm(grads)}
 
 
-def jit_train_step(model, tx, config, mesh, state: TrainState):
+def jit_train_step(model, tx, config, mesh, state: TrainState, feed=None):
+  """The jitted step on a global batch, or on what `feed` (data/feeds.py) serves."""
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  data = sharding.batch_sharding(mesh)
+  data = sharding.batch_sharding(mesh) if feed is None else feed.shardings
+  assemble = (lambda batch: batch) if feed is None else feed.assemble
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, config=config),
+      lambda state, inputs: train_step(state, assemble(inputs), model=model, tx=tx, config=config),
       in_shardings=(state_shardings, data),
       out_shardings=(state_shardings, sharding.replicated_sharding(mesh)),
       donate_argnums=0)
@@ -169,10 +171,9 @@ def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]
 def _train_loop(run: Run) -> TrainState:
   config = run.config
   state, position, history = _restore_or_init(run)
-  loader = run.data.train_loader(position)
-  step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state)
+  loader = run.data.train_feed(position, run.mesh)
+  step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state, loader)
   history = evaluate_pending_epoch(run, state, history)
-  data_sharding = sharding.batch_sharding(run.mesh)
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.train.num_epochs * steps_per_epoch
   first_step = int(state.step)  # the one sync with the device; the loop counts on the host
@@ -184,11 +185,10 @@ def _train_loop(run: Run) -> TrainState:
   try:
     with Preemption() as preemption:
       for step in range(first_step + 1, total_steps + 1):
-        host_batch = next(loader)
-        batch = sharding.to_global_batch(host_batch, data_sharding)
+        batch = next(loader)
         with jax.transfer_guard(guard):
           state, metrics = step_fn(state, batch)
-        watch.record(step, state, metrics['loss'], host_batch['index'])
+        watch.record(step, state, metrics['loss'], batch['index'])
         if step == first_step + 1:
           clock.resume(step)  # compiled: the clock counts training steps only
         epoch_metrics.append(metrics)

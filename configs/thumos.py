@@ -25,7 +25,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.topk_ratio = 0.125  # video score = mean of the top int(T * ratio) CAS values
   model.dropout_rate = 0.7  # dropout after the second affinity convolution
   model.affinity = 'official'  # 'official' (bit-for-bit the released code) or 'paper'
-  model.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'; parameters stay float32
+  model.dtype = 'float32'  # 'float32' or 'bfloat16' (the base module only); params stay float32
   return model
 
 
@@ -60,6 +60,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.synthetic = synthetic.default_config('thumos14')  # testbed knobs (source='synthetic')
   data.shuffle_seed = 0  # per-epoch order = permutation seeded by (shuffle_seed, epoch)
   data.prefetch = 2  # host batches read ahead by a background thread (0: none)
+  data.readers = 4  # threads reading the videos of a streamed batch
+  data.resident = 'auto'  # training split on the devices, batches gathered in the step:
+  # 'auto' (when it takes at most resident_max_gb), 'always' or 'never' (stream from the files)
+  data.resident_max_gb = 6.0  # 'auto': largest split kept on (every one of) the devices, in GB
   return data
 def get_eval_config() -> ml_collections.ConfigDict:
   """Post-processing and mAP settings (TEST section of experiments/THUMOS14.yaml)."""

@@ -30,6 +30,11 @@ Commands
   logs     stream worker 0's log of a run again (after Ctrl-C, or from another terminal)
   stop     stop the run on every worker
   delete   delete the TPU VM (no prompt)
+  preflight  on THIS machine, no TPU needed (pip install 'jax[tpu]' for libtpu): compile the
+           whole train step for --accelerator-type with the TPU compiler and report per chip
+           FLOPs, bytes, HBM use against capacity and the roofline step time, so you learn the
+           program fits before paying for the slice (benchmarks/tpu_compile.py; datasets from
+           BACKTAL_PREFLIGHT_DATASETS, default thumos14; --config.a.b=value overrides pass on)
 
 Options (flag / environment variable / default)
   --name NAME              TPU_NAME               required: the TPU VM's name
@@ -298,6 +303,17 @@ cmd_stop() {
   on_workers "if [ -s $d/pid ]; then kill \"\$(cat $d/pid)\" 2>/dev/null || true; fi"
 }
 
+cmd_preflight() {
+  local sets=() arg
+  for arg in "${PASSTHROUGH[@]}"; do
+    [[ $arg == --config.*=* ]] || die "preflight passes on --config.a.b=value only, got '$arg'"
+    sets+=("--set=${arg#--config.}")
+  done
+  cd "$REPO_ROOT"
+  run_cmd python -m benchmarks.tpu_compile "--accelerator_type=$ACCELERATOR_TYPE" \
+    "--datasets=${BACKTAL_PREFLIGHT_DATASETS:-thumos14}" "${sets[@]}"
+}
+
 cmd_delete() {
   require "$NAME" --name TPU_NAME "the TPU VM's name"
   require "$ZONE" --zone TPU_ZONE "the zone, e.g. us-central2-b"
@@ -375,9 +391,9 @@ main() {
     esac
   done
   case $command in
-    create | setup | run | logs | stop | delete) "cmd_$command" ;;
-    '') usage >&2; die "no command given (create, setup, run, logs, stop, delete)" ;;
-    *) die "unknown command '$command' (create, setup, run, logs, stop, delete)" ;;
+    create | setup | run | logs | stop | delete | preflight) "cmd_$command" ;;
+    '') usage >&2; die "no command given (create, setup, run, logs, stop, delete, preflight)" ;;
+    *) die "unknown command '$command' (create, setup, run, logs, stop, delete, preflight)" ;;
   esac
 }
 

@@ -108,3 +108,19 @@ def test_unknown_semantics_is_an_error():
   x, similarity, kernel = random_inputs(0, 1, 4, 3, 2)
   with pytest.raises(ValueError, match='paper'):
     affinity.affinity_conv(x, similarity, kernel, semantics='papr')
+
+
+@pytest.mark.parametrize('c_in', [1, 4, 5, 9])
+def test_convolution_formulation_equals_definition(c_in):
+  """The formulation TPUs lower 'official' to, checked here on the CPU with its gradients."""
+  x, similarity, kernel = random_inputs(c_in, 2, 7, c_in, 5)
+  np.testing.assert_allclose(affinity.official_by_convolution(x, similarity, kernel),
+                             official_by_loops(x, similarity, kernel), rtol=1e-12, atol=1e-12)
+
+  def loss(fn):
+    return lambda *args: jnp.sum(jnp.sin(fn(*args)))
+
+  ours = jax.grad(loss(affinity.official_by_convolution), (0, 1, 2))(x, similarity, kernel)
+  ref = jax.grad(loss(affinity.naive_official), (0, 1, 2))(x, similarity, kernel)
+  for got, expected in zip(ours, ref):
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)

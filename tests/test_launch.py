@@ -367,3 +367,15 @@ def test_scripts_are_strict_bash(script):
   if shutil.which('shellcheck'):
     r = subprocess.run(['shellcheck', str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_tpu_preflight_compiles_locally_for_the_accelerator_type(standins):
+  env, calls = standins
+  r = run(TPU_VM, 'preflight', '--accelerator-type=v5litepod-8', '--dry-run',
+          '--config.model.dtype=bfloat16', env=env)
+  assert r.returncode == 0, r.stderr
+  assert calls() == []  # no gcloud: it all happens on this machine
+  argv = shlex.split(r.stdout.strip()[2:])
+  assert argv[:3] == ['python', '-m', 'benchmarks.tpu_compile']
+  assert flag(argv, 'accelerator_type') == 'v5litepod-8'
+  assert flag(argv, 'datasets') == 'thumos14' and flag(argv, 'set') == 'model.dtype=bfloat16'

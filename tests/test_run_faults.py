@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -78,12 +79,13 @@ def test_a_bad_value_at_evaluation_keeps_the_epoch_and_a_diverged_step_is_never_
 
 def test_state_watch_names_the_first_bad_step_and_its_leaves():
   good = train_state.TrainState(step=np.int32(1), params={'w': np.ones(2, np.float32)},
-                          opt_state=({'mu': np.zeros(2, np.float32)},), rng=np.zeros(2, np.uint32))
+                                opt_state=({'mu': np.zeros(2, np.float32)},),
+                                rng=np.zeros(2, np.uint32))
   bad = good.replace(opt_state=({'mu': np.array([0.0, np.inf], np.float32)},))
   watch = finiteness.StepWatch()
-  watch.record(1, good, np.float32(0.5), np.array([0, 1]))
-  watch.record(2, bad, np.float32(0.4), np.array([2, -1]))
-  watch.record(3, bad, np.float32(np.nan), np.array([1, 0]))
+  watch.record(1, good, np.float32(0.5), jnp.asarray([0, 1]))
+  watch.record(2, bad, np.float32(0.4), jnp.asarray([2, -1]))
+  watch.record(3, bad, np.float32(np.nan), jnp.asarray([1, 0]))
   with pytest.raises(finiteness.DivergedError) as error:
     watch.check(bad, lambda index: f'v{index}', None, '/w/checkpoints')
   message = str(error.value)

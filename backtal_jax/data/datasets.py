@@ -21,6 +21,7 @@ from backtal_jax import errors
 from backtal_jax import reporting
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
+from backtal_jax.data import feeds
 from backtal_jax.data import pipeline
 from backtal_jax.data import seeding
 from backtal_jax.data import supervision
@@ -205,7 +206,12 @@ class Datasets:
         self.train, global_batch_size=config.train.batch_size,
         spec=batch_spec(config),
         seed=config.data.shuffle_seed, start=start, prefetch=config.data.prefetch,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        readers=config.data.readers)
+
+  def train_feed(self, start: pipeline.DataPosition, mesh: jax.sharding.Mesh):
+    """The step's inputs from `start` on: device-resident or streamed (feeds.train_feed)."""
+    return feeds.train_feed(self.train, self.config, batch_spec(self.config), start, mesh)
 
 
 def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:

@@ -12,11 +12,12 @@ Choices, each for a reason:
   so memory is bounded by the prefetch depth, not by the dataset (HACS: 62 GB of features).
 """
 
+import concurrent.futures
 import dataclasses
 import math
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 import ml_collections
@@ -184,9 +185,11 @@ def _checked(example: dict, index: int, spec: BatchSpec) -> dict:
   return example
 
 
-def read_batch(source: Source, indices: np.ndarray,
-               spec: BatchSpec) -> tuple[dict[str, np.ndarray], list[VideoMetadata | None]]:
-  """Reads the videos at `indices` (-1: padding) into a batch and its host-side metadata."""
+def read_batch(source: Source, indices: np.ndarray, spec: BatchSpec,
+               pool: concurrent.futures.Executor | None = None
+               ) -> tuple[dict[str, np.ndarray], list[VideoMetadata | None]]:
+  """Reads the videos at `indices` (-1: padding) into a batch and its host-side metadata; with a
+  `pool`, the videos are read by its threads (file reads and decompression release the GIL)."""
   size = len(indices)
   batch = {
       'features': np.zeros((size, spec.num_segments, spec.feature_dim), np.float32),
@@ -196,17 +199,32 @@ def read_batch(source: Source, indices: np.ndarray,
       'index': indices.astype(np.int32),
   }
   metadata = []
-  for row, index in enumerate(indices):
-    if index < 0:
+
+  def read(index):
+    return source[int(index)] if index >= 0 else None
+
+  for row, (index, example) in enumerate(zip(indices, (pool or _SERIAL).map(read, indices))):
+    if example is None:
       metadata.append(None)
       continue
-    example = _checked(source[int(index)], int(index), spec)
+    example = _checked(example, int(index), spec)
     batch['features'][row] = example['features']
     batch['video_labels'][row] = example['video_labels']
     batch['click_labels'][row] = example['click_labels']
     metadata.append(VideoMetadata(example['vid_name'], int(example['frame_num']),
                                   float(example['fps']), float(example['duration'])))
   return batch, metadata
+
+
+class _Serial:
+  """`Executor.map` in the calling thread."""
+
+  @staticmethod
+  def map(fn, items):
+    return map(fn, items)
+
+
+_SERIAL = _Serial()
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:
@@ -259,11 +277,14 @@ class TrainLoader:
   float32, `video_labels` [B, C] float32, `click_labels` [B, T] int32, `mask` [B] float32,
   `index` [B] int32 (-1 on padding), where B = global_batch_size / process_count. `position` is
   the position of the next batch: save it with the state and pass it back as `start` to resume.
+  `readers` threads read the videos of a batch; `read` replaces the reading altogether (it gets
+  the batch's indices, e.g. to hand them to a step that gathers the batch on the devices).
   """
 
   def __init__(self, source: Source, *, global_batch_size: int, spec: BatchSpec, seed: int,
                start: DataPosition = DataPosition(), shuffle: bool = True, prefetch: int = 2,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, readers: int = 1,
+               read: Callable[[np.ndarray], dict] | None = None):
     if len(source) == 0:
       raise ValueError('The training source is empty.')
     _check_batch_split(global_batch_size, process_count)
@@ -278,6 +299,8 @@ class TrainLoader:
     if not 0 <= start.step < self.steps_per_epoch:
       raise ValueError(f'{start} is outside an epoch of {self.steps_per_epoch} steps.')
     self.position = start
+    self._pool = concurrent.futures.ThreadPoolExecutor(readers) if readers > 1 else None
+    self._read = read or (lambda indices: read_batch(source, indices, spec, self._pool)[0])
     self._batches = _prefetched(self._produce(start), prefetch)
 
   def order(self, epoch: int) -> np.ndarray:
@@ -293,7 +316,7 @@ class TrainLoader:
       for step in range(step, self.steps_per_epoch):
         indices = process_indices(global_batch_indices(order, step, self.global_batch_size),
                                   self.process_index, self.process_count)
-        batch, _ = read_batch(self.source, indices, self.spec)
+        batch = self._read(indices)
         after = (DataPosition(epoch, step + 1) if step + 1 < self.steps_per_epoch
                  else DataPosition(epoch + 1, 0))
         yield after, batch
@@ -307,8 +330,10 @@ class TrainLoader:
     return batch
 
   def close(self) -> None:
-    """Stops the prefetch thread."""
+    """Stops the prefetch thread and the readers."""
     self._batches.close()
+    if self._pool:
+      self._pool.shutdown()
 
 
 def eval_batches(source: Source, *, global_batch_size: int, spec: BatchSpec, prefetch: int = 2,
