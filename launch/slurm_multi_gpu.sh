@@ -25,6 +25,14 @@
 set -euo pipefail
 
 readonly PROG="${0##*/}"
+# Inside a job this file is sbatch's spooled copy, run with --chdir at the checkout (or in the
+# folder sbatch was called from, the checkout), so the helpers are found from there.
+if [[ -n ${SLURM_JOB_ID:-} ]]; then
+  source launch/common.sh
+else
+  # shellcheck source=launch/common.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+fi
 
 usage() {
   cat <<EOF
@@ -53,47 +61,6 @@ Example
   $PROG --nodes=2 --gpus-per-node=4 --partition=gpu --config=configs/thumos.py \\
         --workdir=/shared/runs/thumos1 --config.train.batch_size=64
 EOF
-}
-
-die() {
-  echo "$PROG: error: $*" >&2
-  exit 2
-}
-
-# quote_arg and show_cmd repeat launch/tpu_vm.sh's: sbatch runs a spooled copy of this file, so
-# it cannot source a neighbour.
-quote_arg() {
-  local arg=$1 prefix=''
-  if [[ $arg =~ ^[A-Za-z0-9_@%+=:,./-]*$ && -n $arg ]]; then
-    printf '%s' "$arg"
-    return
-  fi
-  if [[ $arg =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    prefix=${BASH_REMATCH[1]}
-    arg=${BASH_REMATCH[2]}
-  fi
-  printf "%s'%s'" "$prefix" "${arg//\'/\'\\\'\'}"
-}
-
-show_cmd() {
-  local line='+' arg
-  for arg in "$@"; do
-    line+=" $(quote_arg "$arg")"
-  done
-  if [[ $DRY_RUN == 1 ]]; then
-    echo "$line"
-  else
-    echo "$line" >&2
-  fi
-}
-
-run_cmd() {
-  show_cmd "$@"
-  [[ $DRY_RUN == 1 ]] || "$@"
-}
-
-is_true() {
-  [[ ${1,,} =~ ^(1|true|yes|on)$ ]]
 }
 
 is_count() {

@@ -37,12 +37,16 @@ STANDIN = textwrap.dedent('''\
     sys.stderr.write(os.environ['STANDIN_ERROR'] + '\\n')
     sys.exit(1)
   if prog == 'sbatch' and os.environ.get('STANDIN_SBATCH_RUNS'):
-    # Like slurmctld: run the batch script with its arguments, in --chdir, inside a "job".
+    # Like slurmctld: run a spooled copy of the batch script with its arguments, in --chdir,
+    # inside a "job".
+    import shutil, tempfile
     args = sys.argv[1:]
     i = next(i for i, a in enumerate(args) if not a.startswith('--'))
     cwd = next(a.split('=', 1)[1] for a in args[:i] if a.startswith('--chdir='))
+    spooled = pathlib.Path(tempfile.mkdtemp()) / 'slurm_script'
+    shutil.copy(args[i], spooled)
     env = dict(os.environ, SLURM_JOB_ID='42', SLURM_CPUS_PER_TASK='8')
-    sys.exit(subprocess.run(['bash', *args[i:]], cwd=cwd, env=env).returncode)
+    sys.exit(subprocess.run(['bash', str(spooled), *args[i + 1:]], cwd=cwd, env=env).returncode)
   ''')
 
 
