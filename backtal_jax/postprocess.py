@@ -20,26 +20,25 @@ import ml_collections
 import numpy as np
 
 
+def minmax_over_time(x_T: np.ndarray) -> np.ndarray:
+  """Min-max normalisation over the first axis with the minimum and maximum clipped at 0, as the
+  official code does (so a signal above 0 everywhere does not reach 0); a flat one divides by 1."""
+  max_ = np.maximum(x_T.max(axis=0), 0)
+  min_ = np.maximum(x_T.min(axis=0), 0)
+  delta = max_ - min_
+  return (x_T - min_) / np.where(delta <= 0, 1, delta).astype(x_T.dtype)
+
+
 def minmax_normalize_cas(cas_TxC: np.ndarray) -> np.ndarray:
-  """Per-class min-max normalisation over time, with the minimum and maximum clipped at 0."""
-  cas_TxC = np.asarray(cas_TxC, np.float32)
-  max_C = np.maximum(cas_TxC.max(axis=0), 0)
-  min_C = np.maximum(cas_TxC.min(axis=0), 0)
-  delta_C = max_C - min_C
-  delta_C[delta_C <= 0] = 1
-  return (cas_TxC - min_C) / delta_C
+  """Per-class min-max normalisation over time."""
+  return minmax_over_time(np.asarray(cas_TxC, np.float32))
 
 
 def feature_magnitudes(feature_TxH: np.ndarray) -> np.ndarray:
   """L2 norm of each snippet's feature, min-max normalised over time and clipped to [0, 1]."""
   feature_TxH = np.asarray(feature_TxH, np.float64)
   norm_T = np.sqrt(np.einsum('th,th->t', feature_TxH, feature_TxH)).astype(np.float32)
-  max_val = np.maximum(norm_T.max(), np.float32(0))
-  min_val = np.maximum(norm_T.min(), np.float32(0))
-  delta = max_val - min_val
-  if delta <= 0:
-    delta = np.float32(1)
-  return np.clip((norm_T - min_val) / delta, 0, 1)
+  return np.clip(minmax_over_time(norm_T), 0, 1)
 
 
 def linear_resize(x_TxK: np.ndarray, length: int) -> np.ndarray:
