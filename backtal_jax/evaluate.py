@@ -21,6 +21,7 @@ from absl import flags
 
 from backtal_jax import errors
 from backtal_jax import evaluation
+from backtal_jax import files
 from backtal_jax import reporting
 
 _GROUND_TRUTH = flags.DEFINE_string('ground_truth', None, 'Ground-truth JSON (ActivityNet format).')
@@ -112,7 +113,7 @@ def main(argv: Sequence[str]) -> None:
   if _PER_CLASS.value:
     print(reporting.format_per_class(summary))
   if _OUTPUT_JSON.value:
-    reporting.write_json_atomically(_OUTPUT_JSON.value, summary)
+    files.write_json_atomically(_OUTPUT_JSON.value, summary)
 
 
 if __name__ == '__main__':

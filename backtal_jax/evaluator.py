@@ -21,6 +21,7 @@ import numpy as np
 from backtal_jax import checkpoint
 from backtal_jax import errors
 from backtal_jax import evaluation
+from backtal_jax import files
 from backtal_jax import models
 from backtal_jax import postprocess
 from backtal_jax import preflight
@@ -74,7 +75,7 @@ def selection_metric(summary: dict, name: str) -> float:
     if matches.size:
       return summary['mAP'][int(matches[0])]
   raise errors.UserError(f"config.train.selection_metric must be 'average' or 'map@X' with X among "
-                   f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
+                         f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
 
 
 def videos_missing_from(detections: dict, split: datasets.EvalSplit) -> list[str]:
@@ -154,7 +155,7 @@ class Evaluator:
     if self.is_lead:
       folder = epath.Path(self.workdir) / 'detections'
       folder.mkdir(parents=True, exist_ok=True)
-      reporting.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
+      files.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
       missing = sorted(set(plot_videos) - set(detections))
       if missing and plots:  # the final evaluation: named videos of no split end up here
         logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
@@ -190,7 +191,7 @@ class Evaluator:
   def write_results(self, summary: dict, **record: Any) -> None:
     """results.json in the workdir: what picked the model, then its test summary."""
     if self.is_lead:
-      reporting.write_json_atomically(epath.Path(self.workdir) / 'results.json',
+      files.write_json_atomically(epath.Path(self.workdir) / 'results.json',
                                       {**record, **summary})
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from backtal_jax import errors
 from backtal_jax import evaluator
+from backtal_jax import files
 from backtal_jax import reporting
 from backtal_jax import sharding
 from backtal_jax.data import annotations
@@ -31,7 +32,7 @@ def class_names_for(config: ml_collections.ConfigDict,
   ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
   if ground_truth.num_classes != config.model.num_classes:
     raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
-                     f'config.model.num_classes is {config.model.num_classes}')
+                           f'config.model.num_classes is {config.model.num_classes}')
   return ground_truth.class_names
 
 
@@ -76,7 +77,7 @@ class Predictor:
     feature_dim = self.config.data.feature_dim
     if features_TxF.ndim != 2 or features_TxF.shape[1] != feature_dim or not len(features_TxF):
       raise errors.UserError(f'{name}: features of shape {features_TxF.shape}, expected (T, '
-                       f'{feature_dim}) with T >= 1')
+                             f'{feature_dim}) with T >= 1')
     if frame_num is None and fps is None:
       raise errors.UserError(f'{name}: give fps (or frame_num) with the duration')
     if frame_num is None:
@@ -104,7 +105,7 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
   subset = subset or config.eval.subset
   if truth and not any(video.subset == subset for video in truth.videos.values()):
     raise errors.UserError(f'{truth.path}: no video in subset {subset!r} (--subset); subsets: '
-                     f'{sorted({video.subset for video in truth.videos.values()})}')
+                           f'{sorted({video.subset for video in truth.videos.values()})}')
   predictor = Predictor(config, checkpoint, class_names_for(config, truth))
   started = time.monotonic()
   detections, kept = predictor.detect_videos(videos, keep=num_plots if plots else 0)
@@ -112,7 +113,7 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
   logging.info('Detections of %d videos in %.1f s (%.2f videos/s)', len(detections), seconds,
                len(detections) / seconds)
   if jax.process_index() == 0:
-    reporting.write_json_atomically(epath.Path(output), reporting.detections_file(detections))
+    files.write_json_atomically(epath.Path(output), reporting.detections_file(detections))
     logging.info('Wrote %s', output)
     if plots:
       predictor.evaluator.plot(plots, kept, detections, predictor.class_names,

@@ -1,9 +1,7 @@
-"""What an evaluation reports: the averages users quote, a table, JSON written atomically."""
+"""What an evaluation reports: the averages users quote, the summary, tables and console lines."""
 
-import json
 from typing import Any, Sequence
 
-from etils import epath
 import numpy as np
 
 DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -87,22 +85,3 @@ def evaluation_line(summary: dict[str, Any], *, epoch: int, split: str, metric: 
     parts.append(f'best {metric} {100 * best:.2f} at epoch {best_epoch}')
   parts.append(f'{summary["seconds"]:.1f} s')
   return ' | '.join(parts)
-
-
-def write_json_atomically(path: str | epath.PathLike, data: Any) -> None:
-  """Writes through a temporary file in the same folder, so a failure leaves nothing partial.
-
-  On object stores (gs://) one upload already appears whole or not at all, and a rename is a copy
-  and a delete (gcsfs first tries GCS's moveTo, which plain buckets refuse after ~30 s of retries),
-  so the file is written directly there."""
-  path = epath.Path(path)
-  if '://' in str(path):
-    path.write_text(json.dumps(data, indent=1))
-    return
-  temporary = path.parent / f'.{path.name}.tmp'
-  try:
-    temporary.write_text(json.dumps(data, indent=1))
-    temporary.replace(path)
-  finally:
-    if temporary.exists():
-      temporary.unlink()

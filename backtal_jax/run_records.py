@@ -28,8 +28,8 @@ from etils import epath
 import jax
 import ml_collections
 
+from backtal_jax import files
 from backtal_jax import logs
-from backtal_jax import reporting
 
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'ml_collections')
 _TYPES = {'str': str, 'int': int, 'float': float, 'bool': bool}
@@ -145,7 +145,7 @@ def recorded(config: ml_collections.ConfigDict, workdir: str) -> Iterator[None]:
       folder = epath.Path(workdir)
       (folder / 'config.txt').write_text(str(config))
       (folder / 'config.json').write_text(config_to_json(config))
-      reporting.write_json_atomically(folder / 'run.json', run_record(sys.argv))
+      files.write_json_atomically(folder / 'run.json', run_record(sys.argv))
       absl_logging.info('Run records (config.txt, config.json, run.json, logs/) in %s', workdir)
     yield
   finally:

@@ -6,7 +6,6 @@ epoch goes through backtal_jax.evaluator.
 """
 
 import dataclasses
-import functools
 import os
 import signal
 

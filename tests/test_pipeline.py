@@ -1,6 +1,5 @@
 """The input pipeline: seeded order, resume, padding and mask, process shares, evaluation order."""
 
-import jax
 import ml_collections
 import numpy as np
 import pytest

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from backtal_jax import errors
-from backtal_jax import reporting
+from backtal_jax import files
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import feeds
@@ -145,11 +145,11 @@ def _build_once(synthetic_config: ml_collections.ConfigDict, root: epath.Path) -
   if marker.exists() and json.loads(marker.read_text()) == settings:
     return
   if marker.exists():
-    raise errors.UserError(f'{root} holds a testbed built with other settings ({marker}); remove it or '
-                     'point config.data.features_root elsewhere.')
+    raise errors.UserError(f'{root} holds a testbed built with other settings ({marker}); remove '
+                           'it or point config.data.features_root elsewhere.')
   logging.info('Building the semi-synthetic testbed in %s', root)
   synthetic.build(synthetic_config, root, progress=True)
-  reporting.write_json_atomically(marker, settings)  # the marker appears whole or not at all
+  files.write_json_atomically(marker, settings)  # the marker appears whole or not at all
 
 
 def _open(config, root, split, *, train):
@@ -167,7 +167,7 @@ def check_shapes(config: ml_collections.ConfigDict) -> None:
     built = (config.data.synthetic.num_segments, 2 * config.data.synthetic.half_width)
     if built != (config.data.num_segments, config.data.feature_dim):
       raise errors.UserError(f'config.data.synthetic builds T, F = {built} but config.data expects '
-                       f'{(config.data.num_segments, config.data.feature_dim)}')
+                             f'{(config.data.num_segments, config.data.feature_dim)}')
 
 
 def heldout_indices(num_videos: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,12 +219,12 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
   check_shapes(config)
   if not config.eval.ground_truth:
     raise errors.UserError('config.eval.ground_truth is not set: give the ground-truth JSON of the '
-                     'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
-                     '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
+                           'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
+                           '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
   ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
   if ground_truth.num_classes != config.model.num_classes:
     raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
-                     f'config.model.num_classes is {config.model.num_classes}')
+                           f'config.model.num_classes is {config.model.num_classes}')
   root = synthetic_root(config, workdir) if config.data.source == 'synthetic' else None
   train = _open(config, root, config.data.train_split, train=True)
   test = EvalSplit('test', _open(config, root, config.data.test_split, train=False), ground_truth,
@@ -242,7 +242,7 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     train = Subset(train, kept)
   else:
     raise errors.UserError("config.train.selection_split must be 'test' or 'heldout', got "
-                     f'{config.train.selection_split!r}')
+                           f'{config.train.selection_split!r}')
   train = Supervised(train, config.train.supervision, ground_truth, config.data.num_segments,
                      config.train.seed)
   return Datasets(config, train, selection, test)
