@@ -18,18 +18,9 @@ from backtal_jax.data import features
 SCAN_THREADS = 8  # files whose headers are read at once (network file systems hide latency)
 
 
-def _array_header(archive: np.lib.npyio.NpzFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
-  """Shape and dtype of one member, from its .npy header alone."""
-  with archive.zip.open(f'{key}.npy') as f:
-    version = np.lib.format.read_magic(f)
-    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-            else np.lib.format.read_array_header_2_0)
-    shape, _, dtype = read(f)
-  return shape, dtype
-
-
 def _feature_problems(archive, key: str, half_width: int, num_segments: int) -> list[str]:
-  shape, dtype = _array_header(archive, key)
+  with archive.zip.open(f'{key}.npy') as member:
+    shape, dtype = features.npy_header(member)
   if dtype.kind not in 'biuf':
     return [f'dtype {dtype}, expected numbers']
   if shape not in ((half_width, num_segments), (num_segments, half_width)):

@@ -237,14 +237,20 @@ class FileHeader:
   duration: float | None
 
 
-def stored_shape(path, key: str) -> tuple[int, ...]:
-  """The shape of array `key` of an .npz archive, from its .npy header alone."""
+def npy_header(stream) -> tuple[tuple[int, ...], np.dtype]:
+  """Shape and dtype of the .npy array at the start of a binary stream (a file, or a member of an
+  .npz archive), from its header alone: no data is read."""
+  version = np.lib.format.read_magic(stream)
+  read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+          else np.lib.format.read_array_header_2_0)
+  shape, _, dtype = read(stream)
+  return shape, dtype
+
+
+def _stored_shape(archive: np.lib.npyio.NpzFile, path, key: str) -> tuple[int, ...]:
   try:
-    with zipfile.ZipFile(path) as archive, archive.open(f'{key}.npy') as member:
-      version = np.lib.format.read_magic(member)
-      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                     else np.lib.format.read_array_header_2_0)
-      return read_header(member)[0]
+    with archive.zip.open(f'{key}.npy') as member:
+      return npy_header(member)[0]
   except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
     raise FeatureFileError(path, key, f'unreadable, truncated or corrupt ({e})') from e
 
@@ -253,18 +259,12 @@ def read_header(path, *, feature_dim: int) -> FileHeader:
   """The name, snippet count and metadata of an official-layout file (only `feat_spa` and
   `feat_tem` required, [F/2, T] as the official files store them, or [T, F/2]), checking the
   feature shapes before any feature is read."""
-  try:
-    archive = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise FeatureFileError(path, 'feat_spa', f'not a readable .npz archive ({e})') from e
-  if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise FeatureFileError(path, 'feat_spa', 'not an .npz archive (a bare .npy array)')
-  with archive:
+  with open_npz(path) as archive:
     lengths = {}
     for key in ('feat_spa', 'feat_tem'):
       if key not in archive.files:
         raise FeatureFileError(path, key, f'missing (the file has {sorted(archive.files)})')
-      shape = stored_shape(path, key)
+      shape = _stored_shape(archive, path, key)
       half = feature_dim // 2
       if len(shape) != 2 or half not in shape:
         raise FeatureFileError(path, key, f'shape {shape}, expected ({half}, T) channels-first '

@@ -67,10 +67,7 @@ def npy_header(path: pathlib.Path, *, feature_dim: int) -> features.FileHeader:
   """The snippet count of an .npy [T, F] array, from its header alone."""
   try:
     with open(path, 'rb') as f:
-      version = np.lib.format.read_magic(f)
-      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                     else np.lib.format.read_array_header_2_0)
-      shape, _, dtype = read_header(f)
+      shape, dtype = features.npy_header(f)
   except (ValueError, OSError, EOFError) as e:
     raise features.FeatureFileError(path, 'array', f'not a readable .npy file ({e})') from e
   if len(shape) != 2 or shape[1] != feature_dim or not np.issubdtype(dtype, np.number):
