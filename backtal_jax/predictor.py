@@ -30,9 +30,7 @@ def class_names_for(config: ml_collections.ConfigDict,
   """Detection labels: those of the ground truth scored against, else of config.eval.ground_truth
   (the one the model was trained with)."""
   ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
-  if ground_truth.num_classes != config.model.num_classes:
-    raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
-                           f'config.model.num_classes is {config.model.num_classes}')
+  datasets.check_class_count(ground_truth, config)
   return ground_truth.class_names
 
 

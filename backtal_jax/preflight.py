@@ -134,9 +134,7 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def ground_truth_classes(config: ml_collections.ConfigDict) -> None:
   ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
-  if ground_truth.num_classes != config.model.num_classes:
-    raise ValueError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
-                     f'config.model.num_classes is {config.model.num_classes}')
+  datasets.check_class_count(ground_truth, config)
   ground_truth.subset(config.eval.subset)
 
 

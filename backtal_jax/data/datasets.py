@@ -214,6 +214,14 @@ class Datasets:
     return feeds.train_feed(self.train, self.config, batch_spec(self.config), start, mesh)
 
 
+def check_class_count(ground_truth: annotations.GroundTruth,
+                      config: ml_collections.ConfigDict) -> None:
+  """The ground truth names the classes the model scores: as many as config.model.num_classes."""
+  if ground_truth.num_classes != config.model.num_classes:
+    raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
+                           f'config.model.num_classes is {config.model.num_classes}')
+
+
 def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
   """The run's splits from config.data, config.train and config.eval."""
   check_shapes(config)
@@ -222,9 +230,7 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
                            'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
                            '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
   ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
-  if ground_truth.num_classes != config.model.num_classes:
-    raise errors.UserError(f'{ground_truth.path} lists {ground_truth.num_classes} classes but '
-                           f'config.model.num_classes is {config.model.num_classes}')
+  check_class_count(ground_truth, config)
   root = synthetic_root(config, workdir) if config.data.source == 'synthetic' else None
   train = _open(config, root, config.data.train_split, train=True)
   test = EvalSplit('test', _open(config, root, config.data.test_split, train=False), ground_truth,
