@@ -49,13 +49,12 @@ def run_steps(testbed: str, workdir: str) -> dict:
   with jax.set_mesh(mesh):
     run = train.Run(config, workdir, mesh)
     state = train_state.create_train_state(config, run.model, run.tx, mesh)
-    step_fn = train.jit_train_step(run.model, run.tx, config, mesh, state)
-    loader = run.data.train_loader(pipeline.DataPosition())
+    loader = run.data.train_feed(pipeline.DataPosition(), mesh)
+    step_fn = train.jit_train_step(run.model, run.tx, config, mesh, state, loader)
     losses, indices = [], []
     for _ in range(NUM_STEPS):
-      local = next(loader)
-      indices.append(local['index'].tolist())
-      batch = sharding.to_global_batch(local, sharding.batch_sharding(mesh))
+      batch = next(loader)
+      indices.append(sharding.local_rows(batch['index']).tolist())
       state, metrics = step_fn(state, batch)
       losses.append(float(jax.device_get(metrics['loss'])))
     loader.close()

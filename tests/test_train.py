@@ -195,12 +195,11 @@ def test_same_losses_on_one_and_four_devices(testbed, tmp_path):
     with jax.set_mesh(mesh):
       run_ = train.Run(config, str(tmp_path / f'devices{count}'), mesh)
       state = train_state.create_train_state(config, run_.model, run_.tx, mesh)
-      step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state)
-      loader = run_.data.train_loader(pipeline.DataPosition())
+      loader = run_.data.train_feed(pipeline.DataPosition(), mesh)
+      step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state, loader)
       metrics[count] = []
       for _ in range(3):
-        batch = sharding.to_global_batch(next(loader), sharding.batch_sharding(mesh))
-        state, step_metrics = step_fn(state, batch)
+        state, step_metrics = step_fn(state, next(loader))
         metrics[count].append(jax.device_get(step_metrics))
       loader.close()
       run_.checkpoints.close()
@@ -237,9 +236,9 @@ def test_train_step_makes_no_implicit_host_device_copies(testbed, tmp_path):
   with jax.set_mesh(mesh):
     run_ = train.Run(config, str(tmp_path), mesh)
     state = train_state.create_train_state(config, run_.model, run_.tx, mesh)
-    step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state)
-    loader = run_.data.train_loader(pipeline.DataPosition())
-    batch = sharding.to_global_batch(next(loader), sharding.batch_sharding(mesh))
+    loader = run_.data.train_feed(pipeline.DataPosition(), mesh)
+    step_fn = train.jit_train_step(run_.model, run_.tx, config, mesh, state, loader)
+    batch = next(loader)
     loader.close()
     run_.checkpoints.close()
     with jax.transfer_guard('disallow'):

@@ -200,15 +200,6 @@ class Datasets:
   selection: EvalSplit
   test: EvalSplit
 
-  def train_loader(self, start: pipeline.DataPosition) -> pipeline.TrainLoader:
-    config = self.config
-    return pipeline.TrainLoader(
-        self.train, global_batch_size=config.train.batch_size,
-        spec=batch_spec(config),
-        seed=config.data.shuffle_seed, start=start, prefetch=config.data.prefetch,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        readers=config.data.readers)
-
   def train_feed(self, start: pipeline.DataPosition, mesh: jax.sharding.Mesh):
     """The step's inputs from `start` on: device-resident or streamed (feeds.train_feed)."""
     return feeds.train_feed(self.train, self.config, batch_spec(self.config), start, mesh)
