@@ -8,13 +8,13 @@ the zero padding beyond either end is 0). Two semantics:
     out[t] = sum_k s_k(t) * (x[t+k-1] @ W[k]).
 - 'official': what the released AttentionConv1d computes. It unfolds the input channel-major
   (entry i = 3c + k) but lays the similarity tile out tap-major, so entry i is scaled by
-  s_{floor(i / C)}(t): input channel c, tap k belongs to group g(c, k) = floor((3c + k) / C), and
+  s_{floor(i / I)}(t): input channel c, tap k belongs to group g(c, k) = floor((3c + k) / I), and
     out[t] = sum_g s_g(t) * sum_{(c, k) in group g} x[t+k-1, c] * W[k, c].
-  When C is not a multiple of 3 the boundary channel's taps fall into two groups.
+  When I is not a multiple of 3 the boundary channel's taps fall into two groups.
 
 Weights use the Flax kernel layout W[k, c_in, c_out] (PyTorch's Conv1d weight is [c_out, c_in, k]).
-The fast formulations are written for one video ([T, C]) and vmapped over the batch; neither builds
-the [T, 3C] unfolded input. The naive ones mirror the definitions literally, for tests and
+The fast formulations are written for one video ([T, I]) and vmapped over the batch; neither builds
+the [T, 3I] unfolded input. The naive ones mirror the definitions literally, for tests and
 benchmarks only.
 """
 
@@ -54,11 +54,11 @@ def _shift(y_TxO: jax.Array, offset: int) -> jax.Array:
   return jax.lax.slice_in_dim(padded, start, start + y_TxO.shape[0], axis=0)
 
 
-def _paper_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
-  """One [T, C] x [C, 3O] product, then the similarity-weighted sum of the shifted taps."""
-  c_out = kernel_KxCxO.shape[-1]
-  kernel_Cx3O = jnp.transpose(kernel_KxCxO, (1, 0, 2)).reshape(kernel_KxCxO.shape[1], -1)
-  taps_TxKxO = jnp.dot(x_TxC, kernel_Cx3O, precision=precision).reshape(-1, KERNEL_SIZE, c_out)
+def _paper_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision):
+  """One [T, I] x [I, 3O] product, then the similarity-weighted sum of the shifted taps."""
+  c_out = kernel_KxIxO.shape[-1]
+  kernel_IxKO = jnp.transpose(kernel_KxIxO, (1, 0, 2)).reshape(kernel_KxIxO.shape[1], -1)
+  taps_TxKxO = jnp.dot(x_TxI, kernel_IxKO, precision=precision).reshape(-1, KERNEL_SIZE, c_out)
   out_TxO = 0
   for k in range(KERNEL_SIZE):
     out_TxO = out_TxO + similarity_Tx3[:, k:k + 1] * _shift(taps_TxKxO[:, k], k - 1)
@@ -68,42 +68,42 @@ def _paper_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
 def official_groups(channels: int) -> list[tuple[int, int, np.ndarray]]:
   """For each similarity group g: (first channel, end channel, tap mask [3, end - first]).
 
-  Group g holds the (channel c, tap k) pairs with floor((3c + k) / C) == g; its channels form a
+  Group g holds the (channel c, tap k) pairs with floor((3c + k) / I) == g; its channels form a
   contiguous range, and ranges of neighbouring groups share at most the boundary channel.
   """
-  c_K = np.arange(channels)[:, None] * KERNEL_SIZE + np.arange(KERNEL_SIZE)[None, :]
-  group_CxK = c_K // channels
+  index_IxK = np.arange(channels)[:, None] * KERNEL_SIZE + np.arange(KERNEL_SIZE)[None, :]
+  group_IxK = index_IxK // channels
   groups = []
   for g in range(KERNEL_SIZE):
-    rows = np.nonzero((group_CxK == g).any(axis=1))[0]
+    rows = np.nonzero((group_IxK == g).any(axis=1))[0]
     first, end = int(rows[0]), int(rows[-1]) + 1
-    groups.append((first, end, (group_CxK[first:end] == g).T))
+    groups.append((first, end, (group_IxK[first:end] == g).T))
   return groups
 
 
-def _official_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
+def _official_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision):
   """Per group: one product over the group's (tap, channel) slice, scaled by s_g at the output."""
   out_TxO = 0
-  for g, (first, end, mask_KxG) in enumerate(official_groups(x_TxC.shape[-1])):
-    x_TxG = x_TxC[:, first:end]
+  for g, (first, end, mask_KxG) in enumerate(official_groups(x_TxI.shape[-1])):
+    x_TxG = x_TxI[:, first:end]
     taps_TxKG = jnp.concatenate([_shift(x_TxG, k - 1) for k in range(KERNEL_SIZE)], axis=-1)
-    kernel_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
-    kernel_KGxO = kernel_KxGxO.reshape(-1, kernel_KxCxO.shape[-1])
+    kernel_KxGxO = kernel_KxIxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxIxO.dtype)[..., None]
+    kernel_KGxO = kernel_KxGxO.reshape(-1, kernel_KxIxO.shape[-1])
     group_TxO = jnp.dot(taps_TxKG, kernel_KGxO, precision=precision)
     out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * group_TxO
   return out_TxO
 
 
-def official_by_convolution(x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision=None):
+def official_by_convolution(x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision=None):
   """Per group: the compiler's own kernel-3 convolution over the group's channels with the taps
   outside the group masked out, scaled by s_g at the output. A TPU convolution reads the three
   taps in place, where the concatenated shifted copies of `_official_one_video` are written to
   and read back from memory."""
   out_BxTxO = 0
-  for g, (first, end, mask_KxG) in enumerate(official_groups(x_BxTxC.shape[-1])):
-    kernel_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
+  for g, (first, end, mask_KxG) in enumerate(official_groups(x_BxTxI.shape[-1])):
+    kernel_KxGxO = kernel_KxIxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxIxO.dtype)[..., None]
     group_BxTxO = jax.lax.conv_general_dilated(
-        x_BxTxC[..., first:end], kernel_KxGxO, window_strides=(1,), padding=((1, 1),),
+        x_BxTxI[..., first:end], kernel_KxGxO, window_strides=(1,), padding=((1, 1),),
         dimension_numbers=('NWC', 'WIO', 'NWC'), precision=precision)
     out_BxTxO = out_BxTxO + similarity_BxTx3[..., g:g + 1] * group_BxTxO
   return out_BxTxO
@@ -118,9 +118,9 @@ def check_semantics(semantics: str) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=('semantics', 'precision'))
-def affinity_conv(x_BxTxC: jax.Array, similarity_BxTx3: jax.Array, kernel_KxCxO: jax.Array, *,
+def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array, *,
                   semantics: str = 'official', precision=None) -> jax.Array:
-  """The affinity convolution of a batch: [B, T, C] -> [B, T, O].
+  """The affinity convolution of a batch: [B, T, I] -> [B, T, O].
 
   'official' is lowered per platform: on TPUs as `official_by_convolution` (by the TPU compiler's
   count it moves fewer bytes, see benchmarks/RESULTS.md), elsewhere as the per-video products,
@@ -130,37 +130,37 @@ def affinity_conv(x_BxTxC: jax.Array, similarity_BxTx3: jax.Array, kernel_KxCxO:
   one_video = functools.partial(_ONE_VIDEO[semantics], precision=precision)
   by_products = lambda *args: jax.vmap(one_video, in_axes=(0, 0, None))(*args)
   if semantics == 'paper':
-    return by_products(x_BxTxC, similarity_BxTx3, kernel_KxCxO)
+    return by_products(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   return jax.lax.platform_dependent(
-      x_BxTxC, similarity_BxTx3, kernel_KxCxO, default=by_products,
+      x_BxTxI, similarity_BxTx3, kernel_KxIxO, default=by_products,
       tpu=functools.partial(official_by_convolution, precision=precision))
 
 
-def naive_official(x_BxTxC, similarity_BxTx3, kernel_KxCxO):
+def naive_official(x_BxTxI, similarity_BxTx3, kernel_KxIxO):
   """AttentionConv1d step by step: unfold (channel-major), tile (tap-major), multiply, matmul."""
-  batch, length, channels = x_BxTxC.shape
-  x_BxCxT = jnp.transpose(x_BxTxC, (0, 2, 1))
-  padded = jnp.pad(x_BxCxT, ((0, 0), (0, 0), (1, 1)))
-  unfolded_BxCxKxT = jnp.stack([padded[:, :, k:k + length] for k in range(KERNEL_SIZE)], axis=2)
-  unfolded_Bx3CxT = unfolded_BxCxKxT.reshape(batch, channels * KERNEL_SIZE, length)
+  batch, length, channels = x_BxTxI.shape
+  x_BxIxT = jnp.transpose(x_BxTxI, (0, 2, 1))
+  padded = jnp.pad(x_BxIxT, ((0, 0), (0, 0), (1, 1)))
+  unfolded_BxIxKxT = jnp.stack([padded[:, :, k:k + length] for k in range(KERNEL_SIZE)], axis=2)
+  unfolded_BxIKxT = unfolded_BxIxKxT.reshape(batch, channels * KERNEL_SIZE, length)
   similarity_Bx3xT = jnp.transpose(similarity_BxTx3, (0, 2, 1))
-  tile_Bx3CxT = jnp.repeat(similarity_Bx3xT, channels, axis=1)
-  weighted_Bx3CxT = unfolded_Bx3CxT * tile_Bx3CxT
-  weight_Ox3C = jnp.transpose(kernel_KxCxO, (2, 1, 0)).reshape(kernel_KxCxO.shape[-1], -1)
-  out_BxOxT = jnp.einsum('oi,bit->bot', weight_Ox3C, weighted_Bx3CxT,
+  tile_BxKIxT = jnp.repeat(similarity_Bx3xT, channels, axis=1)
+  weighted_BxIKxT = unfolded_BxIKxT * tile_BxKIxT
+  weight_OxIK = jnp.transpose(kernel_KxIxO, (2, 1, 0)).reshape(kernel_KxIxO.shape[-1], -1)
+  out_BxOxT = jnp.einsum('oi,bit->bot', weight_OxIK, weighted_BxIKxT,
                          precision=jax.lax.Precision.HIGHEST)
   return jnp.transpose(out_BxOxT, (0, 2, 1))
 
 
-def naive_paper(x_BxTxC, similarity_BxTx3, kernel_KxCxO):
+def naive_paper(x_BxTxI, similarity_BxTx3, kernel_KxIxO):
   """The paper's definition, one tap at a time: sum_k s_k(t) * W[k]^T x[t+k-1]."""
-  length = x_BxTxC.shape[1]
-  padded = jnp.pad(x_BxTxC, ((0, 0), (1, 1), (0, 0)))
+  length = x_BxTxI.shape[1]
+  padded = jnp.pad(x_BxTxI, ((0, 0), (1, 1), (0, 0)))
   out = 0
   for k in range(KERNEL_SIZE):
-    neighbour_BxTxC = padded[:, k:k + length]
+    neighbour_BxTxI = padded[:, k:k + length]
     out = out + similarity_BxTx3[..., k:k + 1] * jnp.einsum(
-        'btc,co->bto', neighbour_BxTxC, kernel_KxCxO[k], precision=jax.lax.Precision.HIGHEST)
+        'btc,co->bto', neighbour_BxTxI, kernel_KxIxO[k], precision=jax.lax.Precision.HIGHEST)
   return out
 
 

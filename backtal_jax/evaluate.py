@@ -69,12 +69,12 @@ def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSo
              thresholds: Sequence[float]) -> dict[str, Any]:
   """The summary written as JSON: settings, mAP per tIoU, the quoted averages, the AP of every
   class and the counts."""
-  ap_TxC, class_names = evaluation.average_precision_per_class(
+  ap_UxC, class_names = evaluation.average_precision_per_class(
       ground_truth, predictions, subset=subset, tiou_thresholds=thresholds)
   summary = {'ground_truth': ground_truth, 'predictions': predictions, 'subset': subset,
-             **reporting.summarize(ap_TxC.mean(axis=1), thresholds),
-             'per_class_AP': {c: [float(a) for a in ap_T] for c, ap_T in zip(class_names,
-                                                                               ap_TxC.T)}}
+             **reporting.summarize(ap_UxC.mean(axis=1), thresholds),
+             'per_class_AP': {c: [float(a) for a in ap_U] for c, ap_U in zip(class_names,
+                                                                               ap_UxC.T)}}
   summary.update(counts(evaluation.load_json(ground_truth, 'ground truth')[0],
                         evaluation.load_json(predictions, 'predictions')[0], subset))
   return summary

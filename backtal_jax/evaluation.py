@@ -93,7 +93,7 @@ def prediction_instances(predictions: Mapping[str, Any], class_names: Sequence[s
                          video_index: Mapping[str, int], known_labels: set, name: str):
   """Predictions as arrays (video -1: not in the subset; class -1: not a subset class).
 
-  Returns (video_P, label_P, start_P, end_P, score_P) in file order.
+  Returns (video_D, label_D, start_D, end_D, score_D) in file order.
   """
   results = _field(predictions, 'results', name)
   if not isinstance(results, Mapping):
@@ -177,43 +177,43 @@ def greedy_match(num_preds: int, num_gts: int, pair_pred, pair_gt, pair_tiou,
   Predictions of one (video, class) group compete only with each other, so the k-th prediction
   of every group is decided in the same vectorised step.
   """
-  thresholds_T = np.asarray(tiou_thresholds, np.float64)
-  tp_TxP = np.zeros((thresholds_T.size, num_preds), bool)
+  thresholds_U = np.asarray(tiou_thresholds, np.float64)
+  tp_UxD = np.zeros((thresholds_U.size, num_preds), bool)
   if pair_pred.size == 0:
-    return tp_TxP
+    return tp_UxD
   preds, first_pair, width = np.unique(pair_pred, return_index=True, return_counts=True)
   slot = np.arange(pair_pred.size) - np.repeat(first_pair, width)
   row = np.repeat(np.arange(preds.size), width)
-  cand_gt_RxK = np.full((preds.size, width.max()), num_gts)
-  cand_tiou_RxK = np.full((preds.size, width.max()), -np.inf)
-  cand_gt_RxK[row, slot] = pair_gt
-  cand_tiou_RxK[row, slot] = pair_tiou
+  cand_gt_DxJ = np.full((preds.size, width.max()), num_gts)
+  cand_tiou_DxJ = np.full((preds.size, width.max()), -np.inf)
+  cand_gt_DxJ[row, slot] = pair_gt
+  cand_tiou_DxJ[row, slot] = pair_tiou
   step = rank_within_group(pred_group[preds])
   by_step = np.argsort(step, kind='stable')
   bounds = np.searchsorted(step[by_step], np.arange(step.max() + 2))
-  locked_TxG = np.zeros((thresholds_T.size, num_gts + 1), bool)
-  t_index = np.arange(thresholds_T.size)[:, None]
+  locked_UxN1 = np.zeros((thresholds_U.size, num_gts + 1), bool)
+  u_index = np.arange(thresholds_U.size)[:, None]
   for k in range(step.max() + 1):
     rows = by_step[bounds[k]:bounds[k + 1]]
-    cand_gt = cand_gt_RxK[rows]
-    passes = ~(cand_tiou_RxK[rows][None] < thresholds_T[:, None, None])
-    free_TxRxK = passes & ~locked_TxG[:, cand_gt]
-    matched_TxR = free_TxRxK.any(axis=2)
-    chosen_TxR = cand_gt[np.arange(rows.size)[None], free_TxRxK.argmax(axis=2)]
-    matched_t = np.broadcast_to(t_index, chosen_TxR.shape)[matched_TxR]
-    locked_TxG[matched_t, chosen_TxR[matched_TxR]] = True
-    tp_TxP[:, preds[rows]] = matched_TxR
-  return tp_TxP
+    cand_gt = cand_gt_DxJ[rows]
+    passes = ~(cand_tiou_DxJ[rows][None] < thresholds_U[:, None, None])
+    free_UxDxJ = passes & ~locked_UxN1[:, cand_gt]
+    matched_UxD = free_UxDxJ.any(axis=2)
+    chosen_UxD = cand_gt[np.arange(rows.size)[None], free_UxDxJ.argmax(axis=2)]
+    matched_u = np.broadcast_to(u_index, chosen_UxD.shape)[matched_UxD]
+    locked_UxN1[matched_u, chosen_UxD[matched_UxD]] = True
+    tp_UxD[:, preds[rows]] = matched_UxD
+  return tp_UxD
 
 
-def interpolated_average_precision(tp_TxN: np.ndarray, num_positives: int) -> np.ndarray:
+def interpolated_average_precision(tp_UxD: np.ndarray, num_positives: int) -> np.ndarray:
   """All-point interpolated AP (VOC 2011) per threshold, from TP flags in rank order."""
-  if tp_TxN.shape[1] == 0:
-    return np.zeros(tp_TxN.shape[0])
-  tp_cum = np.cumsum(tp_TxN, axis=1, dtype=np.float64)
-  precision = tp_cum / np.arange(1, tp_TxN.shape[1] + 1)
+  if tp_UxD.shape[1] == 0:
+    return np.zeros(tp_UxD.shape[0])
+  tp_cum = np.cumsum(tp_UxD, axis=1, dtype=np.float64)
+  precision = tp_cum / np.arange(1, tp_UxD.shape[1] + 1)
   recall = tp_cum / num_positives
-  zeros = np.zeros((tp_TxN.shape[0], 1))
+  zeros = np.zeros((tp_UxD.shape[0], 1))
   precision = np.concatenate([zeros, precision, zeros], axis=1)
   recall = np.concatenate([zeros, recall, zeros + 1], axis=1)
   envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
@@ -243,15 +243,15 @@ def average_precision_per_class(ground_truth: JsonSource, predictions: JsonSourc
 
   pair_pred, pair_gt, pair_tiou = ranked_candidates(
       pred_group, start, end, gt_group, gt_start, gt_end, min(tiou_thresholds))
-  tp_TxP = greedy_match(ranked.size, gt_group.size, pair_pred, pair_gt, pair_tiou, pred_group,
+  tp_UxD = greedy_match(ranked.size, gt_group.size, pair_pred, pair_gt, pair_tiou, pred_group,
                         tiou_thresholds)
 
   class_bounds = np.searchsorted(label, np.arange(len(class_names) + 1))
   positives = np.bincount(gt_label, minlength=len(class_names))
-  ap_TxC = np.stack([
-      interpolated_average_precision(tp_TxP[:, class_bounds[c]:class_bounds[c + 1]], positives[c])
+  ap_UxC = np.stack([
+      interpolated_average_precision(tp_UxD[:, class_bounds[c]:class_bounds[c + 1]], positives[c])
       for c in range(len(class_names))], axis=1)
-  return ap_TxC, class_names
+  return ap_UxC, class_names
 
 
 def detection_map(ground_truth: JsonSource, predictions: JsonSource, *, subset: str,
@@ -266,7 +266,7 @@ def detection_map(ground_truth: JsonSource, predictions: JsonSource, *, subset: 
     subset: the ground-truth subset scored, e.g. 'test' (THUMOS14) or 'validation'.
     tiou_thresholds: the tIoU thresholds.
   """
-  ap_TxC, _ = average_precision_per_class(ground_truth, predictions, subset=subset,
+  ap_UxC, _ = average_precision_per_class(ground_truth, predictions, subset=subset,
                                           tiou_thresholds=tiou_thresholds)
-  map_T = ap_TxC.mean(axis=1)
-  return map_T, float(map_T.mean())
+  map_U = ap_UxC.mean(axis=1)
+  return map_U, float(map_U.mean())

@@ -95,10 +95,10 @@ def score_detections(detections: dict, split: datasets.EvalSplit,
                     'false positives: %s', len(missing), len(detections), split.subset,
                     split.ground_truth.path, ', '.join(missing))
   thresholds = tuple(config.eval.tiou_thresholds)
-  map_T, _ = evaluation.detection_map(split.ground_truth_json,
+  map_U, _ = evaluation.detection_map(split.ground_truth_json,
                                       reporting.detections_file(detections), subset=split.subset,
                                       tiou_thresholds=thresholds)
-  summary = reporting.summarize(map_T, thresholds)
+  summary = reporting.summarize(map_U, thresholds)
   summary['selection'] = selection_metric(summary, config.train.selection_metric)
   return summary
 

@@ -51,7 +51,7 @@ def float_leaf_names(state: Any) -> list[str]:
 @dataclasses.dataclass
 class _Step:
   step: int
-  finite_L: jax.Array  # one flag per floating-point leaf, on the device until the next check
+  finite_per_leaf: jax.Array  # one flag per floating-point leaf, on the device until the next check
   loss: jax.Array
   indices_B: jax.Array  # the step's dataset indices, batch-sharded (-1: padding)
 
@@ -69,11 +69,11 @@ class StepWatch:
             checkpoint_dir: str) -> None:
     """Raises DivergedError if a step since the last check left a non-finite loss or state."""
     steps, self._steps = self._steps, []
-    fetched = jax.device_get([(s.finite_L, s.loss) for s in steps])
-    for entry, (finite_L, loss) in zip(steps, fetched):
-      if not (finite_L.all() and np.isfinite(loss)):
+    fetched = jax.device_get([(s.finite_per_leaf, s.loss) for s in steps])
+    for entry, (finite_per_leaf, loss) in zip(steps, fetched):
+      if not (finite_per_leaf.all() and np.isfinite(loss)):
         names = float_leaf_names(state)
-        leaves = [names[i] for i in np.flatnonzero(~finite_L)]
+        leaves = [names[i] for i in np.flatnonzero(~finite_per_leaf)]
         videos = [video_name(int(i)) for i in sharding.local_rows(entry.indices_B) if i >= 0]
         raise DivergedError(diverged_message(entry.step, float(loss), leaves, videos, last_saved,
                                              checkpoint_dir))

@@ -74,14 +74,14 @@ def separation_loss(fg_score_BxC, cas_BxTxC1, video_labels_BxC, bg_click_BxT):
   return _masked_mean(per_video_B, contributes_B.astype(per_video_B.dtype))
 
 
-def _masked_mean_rows(values_BxN, weights_BxN):
-  return jax.vmap(_masked_mean)(values_BxN, weights_BxN)
+def _masked_mean_rows(values_BxC, weights_BxC):
+  return jax.vmap(_masked_mean)(values_BxC, weights_BxC)
 
 
-def _cosine(a_NxE, b_NxE, eps=1e-8):
+def _cosine(a_TxE, b_TxE, eps=1e-8):
   """Row-wise cosine similarity with the product of norms clamped at eps, as the official loss."""
-  norms_N = jnp.linalg.norm(a_NxE, axis=-1) * jnp.linalg.norm(b_NxE, axis=-1)
-  return jnp.sum(a_NxE * b_NxE, axis=-1) / jnp.maximum(norms_N, eps)
+  norms_T = jnp.linalg.norm(a_TxE, axis=-1) * jnp.linalg.norm(b_TxE, axis=-1)
+  return jnp.sum(a_TxE * b_TxE, axis=-1) / jnp.maximum(norms_T, eps)
 
 
 def _similarity_matrix_without_gradient(embedding_TxE):
@@ -126,8 +126,8 @@ def _embedding_hinge_one_video(embedding_TxE, fg_count_T, bg_T, similar_min, dif
           _masked_mean(_hinge(hardest_similarity(fg_T, 'max') - different_max), bg_weight_T))
 
 
-def _indicator(indices_K, length):
-  return jnp.zeros(length, jnp.int32).at[indices_K].set(1)
+def _indicator(indices_k, length):
+  return jnp.zeros(length, jnp.int32).at[indices_k].set(1)
 
 
 def topk_frame_counts(cas_BxTxC1, video_labels_BxC, k):

@@ -39,7 +39,7 @@ class BackTALOutputs:
   cas_supp: jax.Array  # [B, T, C+1] CAS of the background-suppressed pass
   embedding: jax.Array  # [B, T, E] L2-normalised embedding
   fore_weights: jax.Array  # [B, T, 1] filter-module foreground weights
-  feature_supp_1: jax.Array  # [B, T, hidden] first affinity conv of the suppressed pass
+  feature_supp_1: jax.Array  # [B, T, H] first affinity conv of the suppressed pass
 
   def __getitem__(self, key: str) -> jax.Array:
     return getattr(self, key)
@@ -88,12 +88,12 @@ class AffinityConv(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxTxC, similarity_BxTx3):
-    kernel = self.param('kernel', torch_kernel_init, (affinity.KERNEL_SIZE, x_BxTxC.shape[-1],
+  def __call__(self, x_BxTxI, similarity_BxTx3):
+    kernel = self.param('kernel', torch_kernel_init, (affinity.KERNEL_SIZE, x_BxTxI.shape[-1],
                                                       self.features))
-    x_BxTxC, similarity_BxTx3, kernel = nn.dtypes.promote_dtype(
-        x_BxTxC, similarity_BxTx3, kernel, dtype=self.dtype)
-    return affinity.affinity_conv(x_BxTxC, similarity_BxTx3, kernel, semantics=self.semantics)
+    x_BxTxI, similarity_BxTx3, kernel = nn.dtypes.promote_dtype(
+        x_BxTxI, similarity_BxTx3, kernel, dtype=self.dtype)
+    return affinity.affinity_conv(x_BxTxI, similarity_BxTx3, kernel, semantics=self.semantics)
 
 
 class Dropout(nn.Module):
@@ -163,10 +163,10 @@ class ClassifierModule(nn.Module):
                      dtype=self.dtype)(feature_BxTxH)
 
 
-def topk_mean_over_time(cas_BxTxC: jax.Array, k: int) -> jax.Array:
+def topk_mean_over_time(cas_BxTxC1: jax.Array, k: int) -> jax.Array:
   """Video-level score: mean of the k largest CAS values of each class over time."""
-  top_BxCxk, _ = jax.lax.top_k(jnp.swapaxes(cas_BxTxC, 1, 2), k)
-  return jnp.mean(top_BxCxk, axis=-1)
+  top_BxC1xk, _ = jax.lax.top_k(jnp.swapaxes(cas_BxTxC1, 1, 2), k)
+  return jnp.mean(top_BxC1xk, axis=-1)
 
 
 def num_topk(length: int, ratio: float) -> int:

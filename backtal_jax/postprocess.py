@@ -41,16 +41,16 @@ def feature_magnitudes(feature_TxH: np.ndarray) -> np.ndarray:
   return np.clip(minmax_over_time(norm_T), 0, 1)
 
 
-def linear_resize(x_TxK: np.ndarray, length: int) -> np.ndarray:
+def linear_resize(x_TxX: np.ndarray, length: int) -> np.ndarray:
   """Stretches x along axis 0 to `length` rows exactly as cv2.resize(INTER_LINEAR) on float32.
 
   OpenCV samples source position (i + 0.5) * scale - 0.5 (computed in double, stored as float32),
   clamps it at both ends and blends the two neighbours with float32 weights.
   """
-  x_TxK = np.asarray(x_TxK, np.float32)
-  num_in = x_TxK.shape[0]
+  x_TxX = np.asarray(x_TxX, np.float32)
+  num_in = x_TxX.shape[0]
   if length == num_in:
-    return x_TxK.copy()
+    return x_TxX.copy()
   scale = 1.0 / (length / num_in)
   pos_L = ((np.arange(length) + 0.5) * scale - 0.5).astype(np.float32)
   left_L = np.floor(pos_L)
@@ -64,8 +64,8 @@ def linear_resize(x_TxK: np.ndarray, length: int) -> np.ndarray:
   right_L = np.minimum(left_L + 1, num_in - 1)
   weight_left = (np.float32(1) - frac_L)[:, None]
   weight_right = frac_L[:, None]
-  blended = x_TxK[left_L] * weight_left + x_TxK[right_L] * weight_right
-  return np.where(past_end[:, None], x_TxK[left_L] * weight_left, blended)
+  blended = x_TxX[left_L] * weight_left + x_TxX[right_L] * weight_right
+  return np.where(past_end[:, None], x_TxX[left_L] * weight_left, blended)
 
 
 def threshold_range(start: float, stop: float, step: float) -> np.ndarray:
@@ -83,24 +83,24 @@ def feature_thresholds(eval_config: ml_collections.ConfigDict) -> np.ndarray:
                          eval_config.feature_thresh_step)
 
 
-def find_runs(mask_RxL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def find_runs(mask_ARxL: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Maximal runs of True per row: (row, first, last) index arrays, row-major, in time order."""
-  num_rows, length = mask_RxL.shape
+  num_rows, length = mask_ARxL.shape
   padded = np.zeros((num_rows, length + 2), np.int8)
-  padded[:, 1:-1] = mask_RxL
+  padded[:, 1:-1] = mask_ARxL
   edges = np.diff(padded, axis=1)
   start_rows, starts = np.nonzero(edges == 1)
   _, stops = np.nonzero(edges == -1)
   return start_rows, starts, stops - 1
 
 
-def drop_lone_first_position(mask_RxL: np.ndarray) -> np.ndarray:
+def drop_lone_first_position(mask_ARxL: np.ndarray) -> np.ndarray:
   """Clears rows whose only True is at index 0: the official `if any(position)` skips them."""
-  lone_first_R = mask_RxL[:, 0] & (mask_RxL.sum(axis=1) == 1)
-  return mask_RxL & ~lone_first_R[:, None]
+  lone_first_AR = mask_ARxL[:, 0] & (mask_ARxL.sum(axis=1) == 1)
+  return mask_ARxL & ~lone_first_AR[:, None]
 
 
-def contrast_scores(values_RxL: np.ndarray, rows: np.ndarray, firsts: np.ndarray,
+def contrast_scores(values_ARxL: np.ndarray, rows: np.ndarray, firsts: np.ndarray,
                     lasts: np.ndarray, outer_lambda: float) -> np.ndarray:
   """Mean inside each run minus mean of its outer margins (lambda x run length on each side).
 
@@ -108,20 +108,20 @@ def contrast_scores(values_RxL: np.ndarray, rows: np.ndarray, firsts: np.ndarray
   left and [last + 1, trunc(last + lambda*n)) clipped at the sequence end on the right.
   Returned in float32, as the official float32 means.
   """
-  length = values_RxL.shape[1]
-  prefix_RxL1 = np.zeros((values_RxL.shape[0], length + 1), np.float64)
-  np.cumsum(values_RxL, axis=1, dtype=np.float64, out=prefix_RxL1[:, 1:])
-  prefix = prefix_RxL1.ravel()
+  length = values_ARxL.shape[1]
+  prefix_ARxL1 = np.zeros((values_ARxL.shape[0], length + 1), np.float64)
+  np.cumsum(values_ARxL, axis=1, dtype=np.float64, out=prefix_ARxL1[:, 1:])
+  prefix = prefix_ARxL1.ravel()
   row_offset = rows * (length + 1)
   size = lasts - firsts + 1
   outer_begin = np.maximum(np.trunc(firsts - outer_lambda * size), 0).astype(np.int64)
   outer_end = np.minimum(np.trunc(lasts + outer_lambda * size), length).astype(np.int64)
   outer_end = np.maximum(outer_end, lasts + 1)
   # Prefix sums at, per run: outer begin, first, last + 1, outer end.
-  at_4xN = prefix[row_offset + np.stack([outer_begin, firsts, lasts + 1, outer_end])]
-  inner = ((at_4xN[2] - at_4xN[1]) / size).astype(np.float32)
+  at_4xQ = prefix[row_offset + np.stack([outer_begin, firsts, lasts + 1, outer_end])]
+  inner = ((at_4xQ[2] - at_4xQ[1]) / size).astype(np.float32)
   outer_count = (firsts - outer_begin) + (outer_end - lasts - 1)
-  outer_sum = (at_4xN[1] - at_4xN[0]) + (at_4xN[3] - at_4xN[2])
+  outer_sum = (at_4xQ[1] - at_4xQ[0]) + (at_4xQ[3] - at_4xQ[2])
   outer = np.where(outer_count > 0, outer_sum / np.maximum(outer_count, 1), 0)
   return inner - outer.astype(np.float32)
 
@@ -145,27 +145,27 @@ def nms_1d(scores: np.ndarray, starts: np.ndarray, ends: np.ndarray,
   return np.asarray(keep, np.int64)
 
 
-def class_proposal_masks(scores_LxK: np.ndarray, magnitudes_L: np.ndarray,
+def class_proposal_masks(scores_LxA: np.ndarray, magnitudes_L: np.ndarray,
                          eval_config: ml_collections.ConfigDict):
-  """Masks [K, R, L] of the positions kept at each threshold, and the values scored on them.
+  """Masks [A, R, L] of the positions kept at each threshold, and the values scored on them.
 
   CAS thresholds zero what lies below them and score the thresholded CAS; feature-magnitude
   thresholds select positions by magnitude and score the plain (resized) CAS.
   """
   cas_R = cas_thresholds(eval_config)
-  scores_KxL = scores_LxK.T
-  values = np.where(scores_KxL[:, None, :] >= cas_R[None, :, None],
-                    scores_KxL[:, None, :], np.float32(0))
+  scores_AxL = scores_LxA.T
+  values = np.where(scores_AxL[:, None, :] >= cas_R[None, :, None],
+                    scores_AxL[:, None, :], np.float32(0))
   masks = values > 0
   if eval_config.feature_proposals:
     feat_thresholds = feature_thresholds(eval_config)
     feat_mask_RxL = (magnitudes_L[None, :] >= feat_thresholds[:, None]) & (magnitudes_L > 0)
-    num_classes = scores_KxL.shape[0]
+    num_classes = scores_AxL.shape[0]
     masks = np.concatenate(
         [masks, np.broadcast_to(feat_mask_RxL, (num_classes,) + feat_mask_RxL.shape)], axis=1)
     values = np.concatenate(
-        [values, np.broadcast_to(scores_KxL[:, None, :],
-                                 (num_classes, len(feat_thresholds), scores_KxL.shape[1]))],
+        [values, np.broadcast_to(scores_AxL[:, None, :],
+                                 (num_classes, len(feat_thresholds), scores_AxL.shape[1]))],
         axis=1)
   return masks, values
 
@@ -183,12 +183,12 @@ def proposal_signals(cas_TxC1: np.ndarray, feature_TxH: np.ndarray, classes: Seq
 
   detect_video and the plots both call this, so a plot shows exactly what made each proposal.
   """
-  scores_LxK = linear_resize(minmax_normalize_cas(cas_TxC1)[:, np.asarray(classes, np.int64)],
+  scores_LxA = linear_resize(minmax_normalize_cas(cas_TxC1)[:, np.asarray(classes, np.int64)],
                              frame_num)
   magnitudes_L = None
   if eval_config.feature_proposals:
     magnitudes_L = linear_resize(feature_magnitudes(feature_TxH)[:, None], frame_num)[:, 0]
-  return scores_LxK, magnitudes_L
+  return scores_LxA, magnitudes_L
 
 
 def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH: np.ndarray, *,
@@ -211,17 +211,17 @@ def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH:
   confident = np.nonzero(video_scores_C >= np.float32(eval_config.class_score_thresh))[0]
   if confident.size == 0 or frame_num <= 0:
     return []
-  scores_LxK, magnitudes_L = proposal_signals(cas_TxC1, feature_TxH, confident,
+  scores_LxA, magnitudes_L = proposal_signals(cas_TxC1, feature_TxH, confident,
                                                frame_num=frame_num, eval_config=eval_config)
-  masks_KxRxL, values_KxRxL = class_proposal_masks(scores_LxK, magnitudes_L, eval_config)
-  num_rows = masks_KxRxL.shape[1]
-  masks_QxL = masks_KxRxL.reshape(-1, frame_num)
+  masks_AxRxL, values_AxRxL = class_proposal_masks(scores_LxA, magnitudes_L, eval_config)
+  num_rows = masks_AxRxL.shape[1]
+  masks_ARxL = masks_AxRxL.reshape(-1, frame_num)
   if not eval_config.keep_lone_first_position:
-    masks_QxL = drop_lone_first_position(masks_QxL)
-  rows, firsts, lasts = find_runs(masks_QxL)
-  values_QxL = values_KxRxL.reshape(-1, frame_num)
+    masks_ARxL = drop_lone_first_position(masks_ARxL)
+  rows, firsts, lasts = find_runs(masks_ARxL)
+  values_ARxL = values_AxRxL.reshape(-1, frame_num)
   gamma = np.float32(eval_config.video_score_gamma)
-  scores = (contrast_scores(values_QxL, rows, firsts, lasts, eval_config.outer_lambda)
+  scores = (contrast_scores(values_ARxL, rows, firsts, lasts, eval_config.outer_lambda)
             + gamma * video_scores_C[confident][rows // num_rows]).astype(np.float64)
   starts = firsts / frame_num * duration
   ends = (lasts + 1) / frame_num * duration

@@ -15,21 +15,21 @@ QUOTED_AVERAGES = {
 }
 
 
-def quoted_averages(map_T: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
+def quoted_averages(map_U: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
   """The quoted averages whose thresholds were all scored, and the mean over all of them."""
   averages = {}
   for name, wanted in QUOTED_AVERAGES.items():
     picks = [np.flatnonzero(np.isclose(thresholds, t)) for t in wanted]
     if all(p.size for p in picks):
-      averages[name] = float(np.mean([map_T[p[0]] for p in picks]))
-  averages['all scored'] = float(map_T.mean())
+      averages[name] = float(np.mean([map_U[p[0]] for p in picks]))
+  averages['all scored'] = float(map_U.mean())
   return averages
 
 
-def summarize(map_T: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
+def summarize(map_U: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
   """The summary every evaluation reports: mAP per tIoU and the quoted averages."""
-  return {'tiou': list(thresholds), 'mAP': [float(m) for m in map_T],
-          'average_mAP': quoted_averages(map_T, thresholds)}
+  return {'tiou': list(thresholds), 'mAP': [float(m) for m in map_U],
+          'average_mAP': quoted_averages(map_U, thresholds)}
 
 
 def detections_file(detections: dict[str, list]) -> dict[str, Any]:
@@ -57,10 +57,10 @@ def format_per_class(summary: dict[str, Any]) -> str:
   header = f'{"class":<{width}}  {"gt":>5} {"pred":>6} ' + ' '.join(
       f'{t:>6.2f}' for t in summary['tiou'])
   rows = [header]
-  for name, ap_T in summary['per_class_AP'].items():
+  for name, ap_U in summary['per_class_AP'].items():
     count = summary['per_class_counts'][name]
     rows.append(f'{name:<{width}}  {count["ground_truth"]:>5} {count["predictions"]:>6} '
-                + ' '.join(f'{100 * a:>6.2f}' for a in ap_T))
+                + ' '.join(f'{100 * a:>6.2f}' for a in ap_U))
   return '\n'.join(rows)
 
 

@@ -112,7 +112,7 @@ def video_figure(inputs: Mapping[str, np.ndarray], *, vid_name: str, frame_num: 
                  click_labels_T: np.ndarray | None = None) -> mpl_figure.Figure:
   """The figure of one video from the post-processing inputs {'cas', 'scores', 'feature_norm'}."""
   classes = classes_to_plot(detections, instances, class_names)
-  scores_LxK, magnitudes_L = postprocess.proposal_signals(
+  scores_LxA, magnitudes_L = postprocess.proposal_signals(
       inputs['cas'], np.asarray(inputs['feature_norm'])[:, None], classes, frame_num=frame_num,
       eval_config=config.eval)
   num_panels = len(classes) + (magnitudes_L is not None)
@@ -123,7 +123,7 @@ def video_figure(inputs: Mapping[str, np.ndarray], *, vid_name: str, frame_num: 
   times_L = position_seconds(frame_num, duration)
   clicks = click_seconds(click_labels_T, len(class_names), duration)
   drawn = []
-  for ax, class_id, cas_L in zip(axes, classes, scores_LxK.T):
+  for ax, class_id, cas_L in zip(axes, classes, scores_LxA.T):
     name = class_names[class_id]
     drawn += _class_panel(ax, times_L, cas_L, class_id, name, float(inputs['scores'][class_id]),
                           [i for i in instances if i.label == class_id],

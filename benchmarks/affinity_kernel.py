@@ -4,7 +4,7 @@ Every formulation (the naive unfold-and-tile one mirroring the official code, th
 backtal_jax.affinity, and the alternatives below) is first checked against the naive one on fresh
 random inputs at the precision being timed; a formulation outside that precision's tolerance is
 reported as rejected, never timed. Then each is timed forward and forward+backward (gradients with
-respect to x, similarity and kernel) and compared with a dense [B*T, 3C] x [3C, O] matmul measured
+respect to x, similarity and kernel) and compared with a dense [B*T, 3I] x [3I, O] matmul measured
 in the same run at the same precision.
 
 GPU (full shapes, all datasets):
@@ -38,104 +38,104 @@ PRECISIONS = {
 }
 # Relative Frobenius error against the naive formulation evaluated in float32 at HIGHEST on the same
 # (already cast) inputs. tf32 rounds the operands to 10 mantissa bits (~5e-4); in bfloat16 the
-# naive formulation itself is 8e-3 off in its gradients at C=256 on the CPU (outputs and sums
+# naive formulation itself is 8e-3 off in its gradients at I=256 on the CPU (outputs and sums
 # rounded to 8 bits); a semantics mistake is of order 1 (official vs paper: 1.1).
 TOLERANCE = {'highest': 1e-5, 'default': 5e-3, 'bfloat16': 3e-2}
 SMALL_WIDTH = 256
 SMALL_BATCH_DIVISOR = 4
 
-Formulation = Callable[..., jax.Array]  # (x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision)
+Formulation = Callable[..., jax.Array]  # (x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision)
 
 
 def tap_group_ranges(channels: int, tap: int) -> list[tuple[int, int, int]]:
   """(group, first, end) channel ranges of one tap in the official grouping, in channel order.
 
-  Along the channels of a fixed tap k the group floor((3c + k) / C) never decreases, so each group
+  Along the channels of a fixed tap k the group floor((3c + k) / I) never decreases, so each group
   owns one contiguous range and the scale of the shifted input is a concatenation of broadcasts.
   """
-  group_C = (np.arange(channels) * affinity.KERNEL_SIZE + tap) // channels
+  group_I = (np.arange(channels) * affinity.KERNEL_SIZE + tap) // channels
   ranges = []
   for g in range(affinity.KERNEL_SIZE):
-    first, end = np.searchsorted(group_C, [g, g + 1])
+    first, end = np.searchsorted(group_I, [g, g + 1])
     if end > first:
       ranges.append((g, int(first), int(end)))
   return ranges
 
 
-def scaled_taps(x_TxC, similarity_Tx3, semantics):
-  """The three shifted inputs, each scaled by its similarity at the output frame t: [T, C] each.
+def scaled_taps(x_TxI, similarity_Tx3, semantics):
+  """The three shifted inputs, each scaled by its similarity at the output frame t: [T, I] each.
 
   The similarity is taken at the output frame t, i.e. at the row of the unfolded input, so scaling
   before the product is exact for both semantics.
   """
-  length, channels = x_TxC.shape
+  length, channels = x_TxI.shape
   taps = []
   for k in range(affinity.KERNEL_SIZE):
     if semantics == 'paper':
-      scale_TxC = similarity_Tx3[:, k:k + 1]
+      scale_TxI = similarity_Tx3[:, k:k + 1]
     else:
-      scale_TxC = jnp.concatenate(
+      scale_TxI = jnp.concatenate(
           [jnp.broadcast_to(similarity_Tx3[:, g:g + 1], (length, end - first))
            for g, first, end in tap_group_ranges(channels, k)], axis=-1)
-    taps.append(affinity._shift(x_TxC, k - 1) * scale_TxC)
+    taps.append(affinity._shift(x_TxI, k - 1) * scale_TxI)
   return taps
 
 
-def _scaled_unfold_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision, semantics):
-  """One [T, 3C] x [3C, O] product of the concatenated scaled taps (materialises [T, 3C])."""
-  unfolded_TxKC = jnp.concatenate(scaled_taps(x_TxC, similarity_Tx3, semantics), axis=-1)
-  kernel_KCxO = kernel_KxCxO.reshape(-1, kernel_KxCxO.shape[-1])
-  return jnp.dot(unfolded_TxKC, kernel_KCxO, precision=precision)
+def _scaled_unfold_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision, semantics):
+  """One [T, 3I] x [3I, O] product of the concatenated scaled taps (materialises [T, 3I])."""
+  unfolded_TxKI = jnp.concatenate(scaled_taps(x_TxI, similarity_Tx3, semantics), axis=-1)
+  kernel_KIxO = kernel_KxIxO.reshape(-1, kernel_KxIxO.shape[-1])
+  return jnp.dot(unfolded_TxKI, kernel_KIxO, precision=precision)
 
 
-def _scaled_taps_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision, semantics):
-  """Three [T, C] x [C, O] products of the scaled taps, summed (no [T, 3C] concatenation)."""
-  taps = scaled_taps(x_TxC, similarity_Tx3, semantics)
-  return sum(jnp.dot(tap_TxC, kernel_CxO, precision=precision)
-             for tap_TxC, kernel_CxO in zip(taps, kernel_KxCxO))
+def _scaled_taps_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision, semantics):
+  """Three [T, I] x [I, O] products of the scaled taps, summed (no [T, 3I] concatenation)."""
+  taps = scaled_taps(x_TxI, similarity_Tx3, semantics)
+  return sum(jnp.dot(tap_TxI, kernel_IxO, precision=precision)
+             for tap_TxI, kernel_IxO in zip(taps, kernel_KxIxO))
 
 
-def _shifted_outputs_one_video(x_TxC, similarity_Tx3, kernel_KxCxO, precision):
+def _shifted_outputs_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision):
   """Official semantics, per group: [T, G] x [G, 3O], then the shifted sum of the three taps."""
-  c_out = kernel_KxCxO.shape[-1]
+  c_out = kernel_KxIxO.shape[-1]
   out_TxO = 0
-  for g, (first, end, mask_KxG) in enumerate(affinity.official_groups(x_TxC.shape[-1])):
-    kernel_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
-    kernel_Gx3O = jnp.transpose(kernel_KxGxO, (1, 0, 2)).reshape(end - first, -1)
-    taps_TxKxO = jnp.dot(x_TxC[:, first:end], kernel_Gx3O, precision=precision).reshape(
+  for g, (first, end, mask_KxG) in enumerate(affinity.official_groups(x_TxI.shape[-1])):
+    kernel_KxGxO = kernel_KxIxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxIxO.dtype)[..., None]
+    kernel_GxKO = jnp.transpose(kernel_KxGxO, (1, 0, 2)).reshape(end - first, -1)
+    taps_TxKxO = jnp.dot(x_TxI[:, first:end], kernel_GxKO, precision=precision).reshape(
         -1, affinity.KERNEL_SIZE, c_out)
     summed_TxO = sum(affinity._shift(taps_TxKxO[:, k], k - 1) for k in range(affinity.KERNEL_SIZE))
     out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * summed_TxO
   return out_TxO
 
 
-def _grouped_conv(x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision):
+def _grouped_conv(x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision):
   """Official semantics as one grouped convolution (3 groups -> 3O channels), then weights.
 
-  The groups' channel ranges (which share the boundary channels when C % 3 != 0) are copied side
+  The groups' channel ranges (which share the boundary channels when I % 3 != 0) are copied side
   by side and zero-padded to equal width, so XLA sees feature_group_count=3.
   """
-  groups = affinity.official_groups(x_BxTxC.shape[-1])
+  groups = affinity.official_groups(x_BxTxI.shape[-1])
   width = max(end - first for first, end, _ in groups)
   inputs, kernels = [], []
   for first, end, mask_KxG in groups:
     pad = width - (end - first)
-    inputs.append(jnp.pad(x_BxTxC[..., first:end], ((0, 0), (0, 0), (0, pad))))
-    masked_KxGxO = kernel_KxCxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxCxO.dtype)[..., None]
+    inputs.append(jnp.pad(x_BxTxI[..., first:end], ((0, 0), (0, 0), (0, pad))))
+    masked_KxGxO = kernel_KxIxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxIxO.dtype)[..., None]
     kernels.append(jnp.pad(masked_KxGxO, ((0, 0), (0, pad), (0, 0))))
   out_BxTx3O = jax.lax.conv_general_dilated(
       jnp.concatenate(inputs, axis=-1), jnp.concatenate(kernels, axis=-1), window_strides=(1,),
       padding=((1, 1),), dimension_numbers=('NWC', 'WIO', 'NWC'), feature_group_count=3,
       precision=precision)
-  batch, length, _ = x_BxTxC.shape
+  batch, length, _ = x_BxTxI.shape
   out_BxTx3xO = out_BxTx3O.reshape(batch, length, affinity.KERNEL_SIZE, -1)
   return jnp.einsum('btgo,btg->bto', out_BxTx3xO, similarity_BxTx3.astype(out_BxTx3xO.dtype))
 
 
 def _vmapped(one_video: Callable, **kwargs) -> Formulation:
-  def formulation(x_BxTxC, similarity_BxTx3, kernel_KxCxO, precision):
-    fn = lambda x, s: one_video(x, s, kernel_KxCxO, precision=precision, **kwargs)
-    return jax.vmap(fn)(x_BxTxC, similarity_BxTx3)
+  def formulation(x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision):
+    fn = lambda x, s: one_video(x, s, kernel_KxIxO, precision=precision, **kwargs)
+    return jax.vmap(fn)(x_BxTxI, similarity_BxTx3)
   return formulation
 
 
@@ -156,7 +156,7 @@ def formulations(semantics: str) -> dict[str, Formulation]:
 
 
 def forward_flops(batch: int, length: int, c_in: int, c_out: int) -> int:
-  """The unfolded product [B*T, 3C] x [3C, O]; the similarity weighting is O(B*T*3C) besides."""
+  """The unfolded product [B*T, 3I] x [3I, O]; the similarity weighting is O(B*T*3I) besides."""
   return 2 * batch * length * affinity.KERNEL_SIZE * c_in * c_out
 
 
@@ -168,14 +168,14 @@ def mode_flops(mode: str, batch: int, length: int, c_in: int, c_out: int) -> int
 def random_inputs(key: jax.Array, batch: int, length: int, c_in: int, c_out: int, dtype):
   """x, neighbour similarities of a random embedding, kernel at PyTorch's scale, and a cotangent."""
   keys = jax.random.split(key, 4)
-  x_BxTxC = jax.random.normal(keys[0], (batch, length, c_in))
+  x_BxTxI = jax.random.normal(keys[0], (batch, length, c_in))
   embedding_BxTxE = jax.random.normal(keys[1], (batch, length, 32))
   similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)
   bound = 1.0 / np.sqrt(affinity.KERNEL_SIZE * c_in)
-  kernel_KxCxO = jax.random.uniform(keys[2], (affinity.KERNEL_SIZE, c_in, c_out), minval=-bound,
+  kernel_KxIxO = jax.random.uniform(keys[2], (affinity.KERNEL_SIZE, c_in, c_out), minval=-bound,
                                     maxval=bound)
   cotangent_BxTxO = jax.random.normal(keys[3], (batch, length, c_out))
-  return tuple(a.astype(dtype) for a in (x_BxTxC, similarity_BxTx3, kernel_KxCxO, cotangent_BxTxO))
+  return tuple(a.astype(dtype) for a in (x_BxTxI, similarity_BxTx3, kernel_KxIxO, cotangent_BxTxO))
 
 
 def jitted(formulation: Formulation, mode: str, precision) -> Callable:
@@ -233,7 +233,7 @@ def paired_ms(fn: Callable, args: tuple, dense_fn: Callable, dense_args: tuple, 
 
 
 def dense_matmul(mode: str, precision) -> Callable:
-  """The reference of equal FLOPs: [B*T, 3C] x [3C, O], and its vjp for forward+backward."""
+  """The reference of equal FLOPs: [B*T, 3I] x [3I, O], and its vjp for forward+backward."""
   def forward(a, b):
     return jnp.dot(a, b, precision=precision)
 
@@ -354,7 +354,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--shapes', default=','.join(DATASET_SHAPES),
                       help='comma-separated dataset names (%s) or BxT' % ', '.join(DATASET_SHAPES))
-  parser.add_argument('--width', type=int, default=2048, help='C = O of the affinity convolution')
+  parser.add_argument('--width', type=int, default=2048, help='I = O of the affinity convolution')
   parser.add_argument('--batch_divisor', type=int, default=1, help='divide the datasets\' B')
   parser.add_argument('--small', action='store_true',
                       help='CPU preset: --width=%d --batch_divisor=%d' % (SMALL_WIDTH,

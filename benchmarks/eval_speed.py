@@ -86,7 +86,7 @@ def benchmark(title, gt_name, config, num_snippets, repeats, feature_dim):
                                     tiou_thresholds=config.eval.tiou_thresholds)
 
   seconds_post, predictions = best_time(run_postprocess, repeats)
-  seconds_map, (map_T, average) = best_time(run_map, repeats)
+  seconds_map, (map_U, average) = best_time(run_map, repeats)
   num_detections = sum(len(d) for d in predictions['results'].values())
   print(f'{title}: {len(videos)} videos, T={num_snippets}, {len(class_names)} classes, '
         f'{num_detections} detections, mAP avg {average:.4f}')

@@ -41,5 +41,5 @@ def torch_state_dict(fixture: dict, prefix: str = 'param/') -> dict:
   return {key[len(prefix):]: value for key, value in fixture.items() if key.startswith(prefix)}
 
 
-def channels_last(array_BxCxT: np.ndarray) -> np.ndarray:
-  return np.swapaxes(array_BxCxT, 1, 2)
+def channels_last(array_BxXxT: np.ndarray) -> np.ndarray:
+  return np.swapaxes(array_BxXxT, 1, 2)

@@ -17,10 +17,10 @@ from tests.conftest import TESTDATA
 def test_same_map_as_official_evaluator(name, gt_name, detections):
   summary = json.loads((TESTDATA / name / 'summary.json').read_text())
   predictions = json.loads(lzma.decompress((TESTDATA / name / (detections + '.xz')).read_bytes()))
-  map_T, average = evaluation.detection_map(resources.annotation_path(gt_name), predictions,
+  map_U, average = evaluation.detection_map(resources.annotation_path(gt_name), predictions,
                                             subset=summary['subset'],
                                             tiou_thresholds=summary['tiou'])
-  np.testing.assert_allclose(map_T, summary['mAP'], rtol=0, atol=1e-9)
+  np.testing.assert_allclose(map_U, summary['mAP'], rtol=0, atol=1e-9)
   assert abs(average - summary['average_mAP']) <= 1e-9
 
 
@@ -45,31 +45,31 @@ GT = ground_truth(('v1', [('a', 0.0, 2.0), ('a', 5.0, 7.0), ('b', 3.0, 4.0)]),
 def test_perfect_predictions_score_one():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.9), ('a', 5.0, 7.0, 0.8), ('b', 3.0, 4.0, 0.7)],
                      v2=[('b', 1.0, 3.0, 0.6)])
-  map_T, average = evaluation.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5, 0.9])
-  np.testing.assert_array_equal(map_T, [1.0, 1.0])
+  map_U, average = evaluation.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5, 0.9])
+  np.testing.assert_array_equal(map_U, [1.0, 1.0])
   assert average == 1.0
 
 
 def test_class_without_predictions_counts_zero():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.9), ('a', 5.0, 7.0, 0.8)])
-  map_T, _ = evaluation.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5])
-  np.testing.assert_array_equal(map_T, [0.5])  # class a: AP 1, class b: AP 0
+  map_U, _ = evaluation.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5])
+  np.testing.assert_array_equal(map_U, [0.5])  # class a: AP 1, class b: AP 0
 
 
 def test_duplicate_detection_is_a_false_positive():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.9), ('a', 0.0, 2.0, 0.8), ('a', 5.0, 7.0, 0.7)])
-  ap_TxC, names = evaluation.average_precision_per_class(GT, pred, subset='test',
+  ap_UxC, names = evaluation.average_precision_per_class(GT, pred, subset='test',
                                                          tiou_thresholds=[0.5])
   # Ranks: TP, FP, TP -> precision 1 at recall 0.5, 2/3 at recall 1.
-  np.testing.assert_allclose(ap_TxC[0, names.index('a')], 0.5 * 1 + 0.5 * 2 / 3)
+  np.testing.assert_allclose(ap_UxC[0, names.index('a')], 0.5 * 1 + 0.5 * 2 / 3)
 
 
 def test_predictions_in_unknown_videos_are_false_positives():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.5), ('a', 5.0, 7.0, 0.4)], v9=[('a', 0.0, 2.0, 0.9)])
-  ap_TxC, names = evaluation.average_precision_per_class(GT, pred, subset='test',
+  ap_UxC, names = evaluation.average_precision_per_class(GT, pred, subset='test',
                                                          tiou_thresholds=[0.5])
   # Ranks: FP, TP, TP -> the interpolated precision is 2/3 at both recalls.
-  np.testing.assert_allclose(ap_TxC[0, names.index('a')], 2 / 3)
+  np.testing.assert_allclose(ap_UxC[0, names.index('a')], 2 / 3)
 
 
 @pytest.mark.parametrize('listing, expected_ap', [('fp_first', 1.0), ('tp_first', 0.5)])
@@ -77,8 +77,8 @@ def test_equal_scores_rank_the_later_listed_first(listing, expected_ap):
   gt = ground_truth(('v1', [('a', 0.0, 2.0)]))
   tp, fp = ('a', 0.0, 2.0, 0.5), ('a', 8.0, 9.0, 0.5)
   pred = predictions(v1=[fp, tp] if listing == 'fp_first' else [tp, fp])
-  map_T, _ = evaluation.detection_map(gt, pred, subset='test', tiou_thresholds=[0.5])
-  np.testing.assert_allclose(map_T, [expected_ap])
+  map_U, _ = evaluation.detection_map(gt, pred, subset='test', tiou_thresholds=[0.5])
+  np.testing.assert_allclose(map_U, [expected_ap])
 
 
 def test_equal_tiou_tries_the_later_listed_ground_truth_first():
@@ -86,14 +86,14 @@ def test_equal_tiou_tries_the_later_listed_ground_truth_first():
   # The first prediction has tIoU 1/3 with both; it takes the later-listed one, so the second
   # prediction, an exact copy of that one, finds it taken.
   pred = predictions(v1=[('a', 1.0, 3.0, 0.9), ('a', 2.0, 4.0, 0.8)])
-  map_T, _ = evaluation.detection_map(gt, pred, subset='test', tiou_thresholds=[0.3])
-  np.testing.assert_allclose(map_T, [0.5])
+  map_U, _ = evaluation.detection_map(gt, pred, subset='test', tiou_thresholds=[0.3])
+  np.testing.assert_allclose(map_U, [0.5])
 
 
 def test_empty_predictions_give_zero():
-  map_T, average = evaluation.detection_map(GT, {'results': {}}, subset='test',
+  map_U, average = evaluation.detection_map(GT, {'results': {}}, subset='test',
                                             tiou_thresholds=[0.1, 0.5])
-  np.testing.assert_array_equal(map_T, [0.0, 0.0])
+  np.testing.assert_array_equal(map_U, [0.0, 0.0])
   assert average == 0.0
 
 

@@ -57,8 +57,8 @@ def test_matches_official(name, dtype):
   errors = {}
   for key in OUTPUTS:
     ref = fixture[f'output/{key}']
-    ref_BxTxC = ref if ref.ndim == 2 else reference.channels_last(ref)
-    errors[key] = relative_error(outputs[key], ref_BxTxC)
+    ref_BxTxX = ref if ref.ndim == 2 else reference.channels_last(ref)
+    errors[key] = relative_error(outputs[key], ref_BxTxX)
   errors['eval/feature_supp_1'] = relative_error(
       outputs.feature_supp_1, reference.channels_last(fixture['eval/feature_supp_1']))
   errors['eval/score_supp_softmax'] = relative_error(
@@ -96,8 +96,8 @@ def test_bfloat16_compute_stays_near_the_official_float32(name):
   errors = {}
   for key in OUTPUTS:
     ref = fixture[f'output/{key}']
-    ref_BxTxC = ref if ref.ndim == 2 else reference.channels_last(ref)
-    errors[key] = relative_error(outputs[key], ref_BxTxC)
+    ref_BxTxX = ref if ref.ndim == 2 else reference.channels_last(ref)
+    errors[key] = relative_error(outputs[key], ref_BxTxX)
   too_far = {k: e for k, e in errors.items() if not e <= BFLOAT16_OUTPUT_TOLERANCE}
   too_far.update({term: relative_error(terms[term], fixture[key])
                   for term, key in LOSS_TERMS.items()

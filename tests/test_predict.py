@@ -125,9 +125,9 @@ def test_npy_files_of_any_length_through_the_command_line(trained, tmp_path):
   (official / config.data.train_split).symlink_to(
       pathlib.Path(config.data.features_root) / config.data.train_split)
   for r, length in zip(records, LENGTHS * 2):
-    features_NxF = postprocess.linear_resize(r.features_TxF, length)
-    np.save(inputs / f'{r.vid_name}.npy', features_NxF)
-    resampled_TxF = unannotated.resample_snippets(features_NxF, config.data.num_segments)
+    features_SxF = postprocess.linear_resize(r.features_TxF, length)
+    np.save(inputs / f'{r.vid_name}.npy', features_SxF)
+    resampled_TxF = unannotated.resample_snippets(features_SxF, config.data.num_segments)
     half = resampled_TxF.shape[1] // 2
     np.savez(official / config.data.test_split / f'{r.vid_name}.npz', vid_name=r.vid_name,
              feat_spa=resampled_TxF[:, :half].T, feat_tem=resampled_TxF[:, half:].T,
@@ -215,28 +215,28 @@ def test_metadata_csv_errors_name_the_line_and_the_field(tmp_path):
     unannotated.read_metadata_csv(str(path))
 
 
-def naive_span_means(x_NxF, num_segments):
-  num_in = len(x_NxF)
-  out = np.zeros((num_segments, x_NxF.shape[1]))
+def naive_span_means(x_SxF, num_segments):
+  num_in = len(x_SxF)
+  out = np.zeros((num_segments, x_SxF.shape[1]))
   for t in range(num_segments):
     lo, hi = t * num_in / num_segments, (t + 1) * num_in / num_segments
     for j in range(num_in):
-      out[t] += max(0.0, min(hi, j + 1) - max(lo, j)) * x_NxF[j]
+      out[t] += max(0.0, min(hi, j + 1) - max(lo, j)) * x_SxF[j]
   return out / (num_in / num_segments)
 
 
 @pytest.mark.parametrize('num_in', [1, 5, 8, 9, 13, 64, 301])
 def test_resampling_to_num_segments(num_in):
-  x_NxF = np.random.default_rng(num_in).normal(size=(num_in, 3)).astype(np.float32)
-  resampled = unannotated.resample_snippets(x_NxF, 8)
+  x_SxF = np.random.default_rng(num_in).normal(size=(num_in, 3)).astype(np.float32)
+  resampled = unannotated.resample_snippets(x_SxF, 8)
   assert resampled.shape == (8, 3) and resampled.dtype == np.float32
   if num_in == 8:
-    np.testing.assert_array_equal(resampled, x_NxF)
+    np.testing.assert_array_equal(resampled, x_SxF)
   elif num_in < 8:
-    np.testing.assert_array_equal(resampled, postprocess.linear_resize(x_NxF, 8))
+    np.testing.assert_array_equal(resampled, postprocess.linear_resize(x_SxF, 8))
   else:
-    np.testing.assert_allclose(resampled, naive_span_means(x_NxF, 8), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(resampled.mean(0), x_NxF.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resampled, naive_span_means(x_SxF, 8), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resampled.mean(0), x_SxF.mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_channels_last_npy_of_the_wrong_width_is_refused(tmp_path):

@@ -76,9 +76,9 @@ def test_same_seed_same_bytes(tmp_path):
   assert all(x != y for x, y in zip(files['a'], files['c']))
 
 
-def _coefficients(feat_WxT, basis_KxW):
-  coef_KxT, *_ = np.linalg.lstsq(basis_KxW.T.astype(np.float64), feat_WxT, rcond=None)
-  return coef_KxT
+def _coefficients(feat_WxT, basis_XxW):
+  coef_XxT, *_ = np.linalg.lstsq(basis_XxW.T.astype(np.float64), feat_WxT, rcond=None)
+  return coef_XxT
 
 
 def _video_parts(thumos, config, index):
@@ -87,36 +87,36 @@ def _video_parts(thumos, config, index):
   feat_spa_WxT, feat_tem_WxT = synthetic.video_features(video, prototypes, config)
   centres_T = synthetic.snippet_centres(video, config.num_segments)
   classes = list(video.labels)
-  inside_KxT, around_KxT = synthetic.class_masks(video, classes, centres_T, config.context_length)
-  return video, prototypes, feat_spa_WxT, feat_tem_WxT, inside_KxT, around_KxT
+  inside_AxT, around_AxT = synthetic.class_masks(video, classes, centres_T, config.context_length)
+  return video, prototypes, feat_spa_WxT, feat_tem_WxT, inside_AxT, around_AxT
 
 
 @pytest.mark.parametrize('index', [0, 7, 42])
 def test_recipe_d_coefficients_without_noise(thumos, index):
   config = _config(num_segments=200, half_width=64, noise=0.0, distractors_per_instance=0.0)
-  video, protos, feat_spa, feat_tem, inside_KxT, around_KxT = _video_parts(thumos, config, index)
+  video, protos, feat_spa, feat_tem, inside_AxT, around_AxT = _video_parts(thumos, config, index)
   classes = list(video.labels)
   k = len(classes)
   rgb = _coefficients(feat_spa, np.concatenate(
-      [protos.scene_CxW[classes], protos.motion_CxW[classes], protos.background_rgb_KxW]))
+      [protos.scene_CxW[classes], protos.motion_CxW[classes], protos.background_rgb_MxW]))
   flow = _coefficients(feat_tem, np.concatenate(
-      [protos.motion_CxW[classes], protos.background_flow_KxW]))
-  away_KxT = ~inside_KxT & ~around_KxT
+      [protos.motion_CxW[classes], protos.background_flow_MxW]))
+  away_AxT = ~inside_AxT & ~around_AxT
   for row in range(k):
     scene_T = rgb[row]
-    jitter = scene_T[away_KxT[row]].mean() if away_KxT[row].any() else 1.0
+    jitter = scene_T[away_AxT[row]].mean() if away_AxT[row].any() else 1.0
     assert 0.7 - 1e-5 <= jitter <= 1.3 + 1e-5
-    np.testing.assert_allclose(scene_T[away_KxT[row]], jitter, atol=1e-4)
-    np.testing.assert_allclose(scene_T[inside_KxT[row]], 2.0 * jitter, atol=1e-4)
-    np.testing.assert_allclose(scene_T[around_KxT[row]], 2.5 * jitter, atol=1e-4)
-    np.testing.assert_allclose(rgb[k + row], 0.5 * inside_KxT[row], atol=1e-4)
-    assert (flow[row][inside_KxT[row]] >= 2.4 - 1e-4).all()
-    assert (flow[row][inside_KxT[row]] <= 3.6 + 1e-4).all()
-    np.testing.assert_allclose(flow[row][around_KxT[row]], 2.0, atol=1e-4)
-    np.testing.assert_allclose(flow[row][away_KxT[row]], 0.0, atol=1e-4)
-  for background_KxT in (rgb[2 * k:], flow[k:]):  # One prototype at strength 2 per snippet.
-    np.testing.assert_allclose(np.sort(background_KxT, axis=0)[-1], 2.0, atol=1e-4)
-    np.testing.assert_allclose(np.sort(background_KxT, axis=0)[:-1], 0.0, atol=1e-4)
+    np.testing.assert_allclose(scene_T[away_AxT[row]], jitter, atol=1e-4)
+    np.testing.assert_allclose(scene_T[inside_AxT[row]], 2.0 * jitter, atol=1e-4)
+    np.testing.assert_allclose(scene_T[around_AxT[row]], 2.5 * jitter, atol=1e-4)
+    np.testing.assert_allclose(rgb[k + row], 0.5 * inside_AxT[row], atol=1e-4)
+    assert (flow[row][inside_AxT[row]] >= 2.4 - 1e-4).all()
+    assert (flow[row][inside_AxT[row]] <= 3.6 + 1e-4).all()
+    np.testing.assert_allclose(flow[row][around_AxT[row]], 2.0, atol=1e-4)
+    np.testing.assert_allclose(flow[row][away_AxT[row]], 0.0, atol=1e-4)
+  for background_MxT in (rgb[2 * k:], flow[k:]):  # One prototype at strength 2 per snippet.
+    np.testing.assert_allclose(np.sort(background_MxT, axis=0)[-1], 2.0, atol=1e-4)
+    np.testing.assert_allclose(np.sort(background_MxT, axis=0)[:-1], 0.0, atol=1e-4)
   np.testing.assert_array_equal(rgb[2 * k:].argmax(0), flow[k:].argmax(0))
 
 
@@ -124,24 +124,24 @@ def test_distractors_are_class_like_stretches_outside_instances(thumos):
   config = _config(num_segments=750, half_width=64, noise=0.0)
   found = 0
   for index in range(10):
-    video, protos, _, feat_tem, inside_KxT, around_KxT = _video_parts(thumos, config, index)
+    video, protos, _, feat_tem, inside_AxT, around_AxT = _video_parts(thumos, config, index)
     classes = list(video.labels)
     flow = _coefficients(feat_tem, np.concatenate(
-        [protos.motion_CxW[classes], protos.background_flow_KxW]))[:len(classes)]
-    distract_KxT = (flow > 1e-3) & ~inside_KxT & ~around_KxT
-    np.testing.assert_allclose(flow[distract_KxT], 2.0, atol=1e-4)
+        [protos.motion_CxW[classes], protos.background_flow_MxW]))[:len(classes)]
+    distract_AxT = (flow > 1e-3) & ~inside_AxT & ~around_AxT
+    np.testing.assert_allclose(flow[distract_AxT], 2.0, atol=1e-4)
     centres_T = synthetic.snippet_centres(video, config.num_segments)
-    for t in np.flatnonzero(distract_KxT.any(0)):
+    for t in np.flatnonzero(distract_AxT.any(0)):
       assert not any(i.start <= centres_T[t] <= i.end for i in video.instances)
-    found += distract_KxT.any()
+    found += distract_AxT.any()
   assert found >= 3
 
 
 def test_action_context_confusion_with_default_noise(thumos):
   """Flow energy marks the actions; the RGB half shows the scene in background snippets too."""
   config = _config(num_segments=750, half_width=256)
-  video, protos, feat_spa, feat_tem, inside_KxT, around_KxT = _video_parts(thumos, config, 0)
-  inside_T, away_T = inside_KxT.any(0), ~(inside_KxT | around_KxT).any(0)
+  video, protos, feat_spa, feat_tem, inside_AxT, around_AxT = _video_parts(thumos, config, 0)
+  inside_T, away_T = inside_AxT.any(0), ~(inside_AxT | around_AxT).any(0)
   energy_T = np.linalg.norm(feat_tem, axis=0)
   assert energy_T[inside_T].mean() > 1.3 * energy_T[away_T].mean()
   scene_T = protos.scene_CxW[video.labels[0]] @ feat_spa

@@ -36,8 +36,8 @@ def recorded_detection(monkeypatch):
 
   def recording(*args, **kwargs):
     seen['classes'] = list(args[2])
-    seen['scores_LxK'], seen['magnitudes_L'] = original(*args, **kwargs)
-    return seen['scores_LxK'], seen['magnitudes_L']
+    seen['scores_LxA'], seen['magnitudes_L'] = original(*args, **kwargs)
+    return seen['scores_LxA'], seen['magnitudes_L']
 
   monkeypatch.setattr(postprocess, 'proposal_signals', recording)
   detections = postprocess.detect_video(
@@ -65,7 +65,7 @@ def test_plotted_curves_are_the_thresholded_arrays(recorded_detection):
   for column, class_id in enumerate(seen['classes']):
     if f'cas:{class_id}' in lines:
       np.testing.assert_array_equal(lines[f'cas:{class_id}'].get_ydata(),
-                                    seen['scores_LxK'][:, column])
+                                    seen['scores_LxA'][:, column])
   assert {'cas:1', 'cas:2'} <= set(lines)
   np.testing.assert_array_equal(lines['magnitude'].get_ydata(), seen['magnitudes_L'])
   np.testing.assert_allclose(lines['cas:1'].get_xdata(),

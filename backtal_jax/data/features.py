@@ -111,14 +111,14 @@ def _feature_half(archive, path, key: str, half_width: int, num_segments: int | 
   value = _channels_last(path, key, _as_numeric(path, key, _read_key(archive, path, key)),
                          half_width, num_segments)
   with np.errstate(over='ignore'):
-    value_TxH = value.astype(np.float32)
-  finite = np.isfinite(value_TxH)
+    value_TxW = value.astype(np.float32)
+  finite = np.isfinite(value_TxW)
   if not finite.all():
     raise FeatureFileError(
         path, key, f'{finite.size - finite.sum()} values overflow float32, the dtype the model '
         f'reads (largest magnitude {np.abs(value).max():.4g}, float32 holds up to '
         f'{np.finfo(np.float32).max:.4g})')
-  return value_TxH
+  return value_TxW
 
 
 def _scalar(path, key: str, value: np.ndarray) -> np.ndarray:
@@ -191,12 +191,12 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
   archive = open_npz(path)
   with archive:
     half = feature_dim // 2
-    spa_TxH = _feature_half(archive, path, 'feat_spa', half, num_segments)
-    tem_TxH = _feature_half(archive, path, 'feat_tem', half, num_segments)
-    if tem_TxH.shape[0] != spa_TxH.shape[0]:
+    spa_TxW = _feature_half(archive, path, 'feat_spa', half, num_segments)
+    tem_TxW = _feature_half(archive, path, 'feat_tem', half, num_segments)
+    if tem_TxW.shape[0] != spa_TxW.shape[0]:
       raise FeatureFileError(
-          path, 'feat_tem', f'{tem_TxH.shape[0]} snippets but feat_spa has {spa_TxH.shape[0]}')
-    num_snippets = spa_TxH.shape[0]
+          path, 'feat_tem', f'{tem_TxW.shape[0]} snippets but feat_spa has {spa_TxW.shape[0]}')
+    num_snippets = spa_TxW.shape[0]
     video_labels = np.zeros((num_classes,), np.float32)
     if require_labels or 'cls_label' in archive.files:
       video_labels = _as_numeric(path, 'cls_label', _read_key(archive, path, 'cls_label'))
@@ -217,7 +217,7 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
   vid_name = vid_name.reshape(()).item()
   return VideoRecord(
       vid_name=vid_name.decode() if isinstance(vid_name, bytes) else vid_name,
-      features_TxF=np.concatenate([spa_TxH, tem_TxH], axis=1),
+      features_TxF=np.concatenate([spa_TxW, tem_TxW], axis=1),
       video_labels_C=video_labels.astype(np.float32),
       click_labels_T=click_labels,
       frame_num=int(metadata['frame_num']) if 'frame_num' in metadata else None,

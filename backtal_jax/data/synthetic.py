@@ -157,8 +157,8 @@ class Prototypes:
   """Unit-variance Gaussian vectors / sqrt(W), so each has norm about 1."""
   scene_CxW: np.ndarray
   motion_CxW: np.ndarray
-  background_rgb_KxW: np.ndarray
-  background_flow_KxW: np.ndarray
+  background_rgb_MxW: np.ndarray
+  background_flow_MxW: np.ndarray
 
 
 def make_prototypes(config: ml_collections.ConfigDict, num_classes: int) -> Prototypes:
@@ -166,7 +166,7 @@ def make_prototypes(config: ml_collections.ConfigDict, num_classes: int) -> Prot
   w, k = config.half_width, config.num_background_prototypes
   draw = lambda n: (rng.standard_normal((n, w)) / np.sqrt(w)).astype(np.float32)
   return Prototypes(scene_CxW=draw(num_classes), motion_CxW=draw(num_classes),
-                    background_rgb_KxW=draw(k), background_flow_KxW=draw(k))
+                    background_rgb_MxW=draw(k), background_flow_MxW=draw(k))
 
 
 def snippet_centres(video: annotations.Video, num_segments: int) -> np.ndarray:
@@ -177,34 +177,34 @@ def snippet_centres(video: annotations.Video, num_segments: int) -> np.ndarray:
 def class_masks(video: annotations.Video, classes: Sequence[int], centres_T: np.ndarray,
                 context_length: float) -> tuple[np.ndarray, np.ndarray]:
   """Per video class, the snippets inside its instances and those only in their context."""
-  inside_KxT = np.zeros((len(classes), len(centres_T)), bool)
-  around_KxT = np.zeros_like(inside_KxT)
+  inside_AxT = np.zeros((len(classes), len(centres_T)), bool)
+  around_AxT = np.zeros_like(inside_AxT)
   for inst in video.instances:
     row = classes.index(inst.label)
     margin = context_length * inst.length
-    inside_KxT[row] |= (centres_T >= inst.start) & (centres_T <= inst.end)
-    around_KxT[row] |= (centres_T >= inst.start - margin) & (centres_T <= inst.end + margin)
-  return inside_KxT, around_KxT & ~inside_KxT
+    inside_AxT[row] |= (centres_T >= inst.start) & (centres_T <= inst.end)
+    around_AxT[row] |= (centres_T >= inst.start - margin) & (centres_T <= inst.end + margin)
+  return inside_AxT, around_AxT & ~inside_AxT
 
 
 def inside_motion(video: annotations.Video, classes: Sequence[int], centres_T: np.ndarray,
                   config: ml_collections.ConfigDict, rng: np.random.Generator) -> np.ndarray:
   """Flow-half motion strength inside instances, jittered per instance (overlaps: the larger)."""
-  motion_KxT = np.zeros((len(classes), len(centres_T)), np.float32)
+  motion_AxT = np.zeros((len(classes), len(centres_T)), np.float32)
   for inst in video.instances:
     level = config.motion_inside * rng.uniform(1 - config.motion_jitter, 1 + config.motion_jitter)
     covered = (centres_T >= inst.start) & (centres_T <= inst.end)
     row = classes.index(inst.label)
-    motion_KxT[row] = np.where(covered, np.maximum(motion_KxT[row], level), motion_KxT[row])
-  return motion_KxT
+    motion_AxT[row] = np.where(covered, np.maximum(motion_AxT[row], level), motion_AxT[row])
+  return motion_AxT
 
 
 def distractor_mask(video: annotations.Video, classes: Sequence[int], centres_T: np.ndarray,
                     config: ml_collections.ConfigDict, rng: np.random.Generator) -> np.ndarray:
   """Class-like stretches placed uniformly, wholly outside every instance, per video class."""
-  mask_KxT = np.zeros((len(classes), len(centres_T)), bool)
+  mask_AxT = np.zeros((len(classes), len(centres_T)), bool)
   if not video.instances:
-    return mask_KxT
+    return mask_AxT
   mean_length = np.mean([inst.length for inst in video.instances])
   count = rng.poisson(config.distractors_per_instance * len(video.instances))
   starts = np.array([inst.start for inst in video.instances])
@@ -216,13 +216,13 @@ def distractor_mask(video: annotations.Video, classes: Sequence[int], centres_T:
     free = ~((candidates[:, None] < ends) & (candidates[:, None] + length > starts)).any(axis=1)
     if free.any():
       begin = candidates[np.argmax(free)]
-      mask_KxT[row] |= (centres_T >= begin) & (centres_T <= begin + length)
-  return mask_KxT
+      mask_AxT[row] |= (centres_T >= begin) & (centres_T <= begin + length)
+  return mask_AxT
 
 
 def background_mixture(num_segments: int, config: ml_collections.ConfigDict,
                        rng: np.random.Generator) -> np.ndarray:
-  """One-hot [K, T] background prototype per snippet, held for stretches of snippets."""
+  """One-hot [M, T] background prototype per snippet, held for stretches of snippets."""
   choice_T = np.empty(num_segments, np.int64)
   current, t = rng.integers(config.num_background_prototypes), 0
   while t < num_segments:
@@ -251,23 +251,23 @@ def video_features(video: annotations.Video, prototypes: Prototypes,
   rng = seeding.named_rng(config.seed, config.dataset, video.name, 'features')
   classes = list(video.labels)
   centres_T = snippet_centres(video, config.num_segments)
-  inside_KxT, around_KxT = class_masks(video, classes, centres_T, config.context_length)
-  distract_KxT = distractor_mask(video, classes, centres_T, config, rng)
-  jitter_K = rng.uniform(1 - config.scene_jitter, 1 + config.scene_jitter, len(classes))
-  scene_KxT = jitter_K[:, None] * np.select(
-      [inside_KxT, around_KxT, distract_KxT],
+  inside_AxT, around_AxT = class_masks(video, classes, centres_T, config.context_length)
+  distract_AxT = distractor_mask(video, classes, centres_T, config, rng)
+  jitter_A = rng.uniform(1 - config.scene_jitter, 1 + config.scene_jitter, len(classes))
+  scene_AxT = jitter_A[:, None] * np.select(
+      [inside_AxT, around_AxT, distract_AxT],
       [config.scene_inside, config.scene_context, config.distractor_scene], config.scene_away)
-  flow_motion_KxT = np.select(
-      [inside_KxT, around_KxT, distract_KxT],
+  flow_motion_AxT = np.select(
+      [inside_AxT, around_AxT, distract_AxT],
       [inside_motion(video, classes, centres_T, config, rng), config.motion_context,
        config.distractor_motion], config.motion_away)
-  background_BxT = config.background_strength * background_mixture(
+  background_MxT = config.background_strength * background_mixture(
       config.num_segments, config, rng)
-  rgb_coef = np.concatenate([scene_KxT, config.rgb_motion_inside * inside_KxT, background_BxT])
-  flow_coef = np.concatenate([flow_motion_KxT, background_BxT])
+  rgb_coef = np.concatenate([scene_AxT, config.rgb_motion_inside * inside_AxT, background_MxT])
+  flow_coef = np.concatenate([flow_motion_AxT, background_MxT])
   rgb_basis = np.concatenate([prototypes.scene_CxW[classes], prototypes.motion_CxW[classes],
-                              prototypes.background_rgb_KxW])
-  flow_basis = np.concatenate([prototypes.motion_CxW[classes], prototypes.background_flow_KxW])
+                              prototypes.background_rgb_MxW])
+  flow_basis = np.concatenate([prototypes.motion_CxW[classes], prototypes.background_flow_MxW])
   noise_scale = config.noise / np.sqrt(2 * config.half_width)
   halves = []
   for basis, coef in ((rgb_basis, rgb_coef), (flow_basis, flow_coef)):

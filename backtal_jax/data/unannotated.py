@@ -36,7 +36,7 @@ class UnannotatedVideo:
 
   vid_name: str
   path: pathlib.Path | None  # None for features handed over in memory
-  num_snippets: int  # N, as stored
+  num_snippets: int  # S, as stored
   frame_num: int  # positions the CAS is stretched to: the video's 16-frame snippets
   fps: float  # features.METADATA_MISSING when only frame_num was given
   duration: float  # seconds
@@ -176,39 +176,39 @@ def find_videos(paths: Sequence[str], config: ml_collections.ConfigDict, *,
                   frames_per_snippet=config.data.frames_per_snippet)
 
 
-def span_means(features_NxF: np.ndarray, num_segments: int) -> np.ndarray:
-  """[N, F] -> [T, F] for N > T: output t is the mean of the input over its span [t, t + 1) x N / T
+def span_means(features_SxF: np.ndarray, num_segments: int) -> np.ndarray:
+  """[S, F] -> [T, F] for S > T: output t is the mean of the input over its span [t, t + 1) x S / T
   (snippet j covering [j, j + 1)), partly covered snippets weighted by the part covered, so that
   no snippet is skipped. Positions are kept exact as multiples of 1 / T."""
-  num_in = features_NxF.shape[0]
-  x_NxF = np.asarray(features_NxF, np.float32)
-  start_N = np.arange(num_in) * num_segments  # snippet j spans [j T, (j + 1) T) in units of 1/T
-  bin_N = start_N // num_in  # the output snippet each input snippet starts in; spans are N long
-  first_part_N = np.minimum(start_N + num_segments, (bin_N + 1) * num_in) - start_N
-  rest_N = num_segments - first_part_N  # the part of the snippet in the next output snippet
-  starts_T = np.searchsorted(bin_N, np.arange(num_segments))  # every span holds a snippet start
-  out_TxF = np.add.reduceat(x_NxF * (first_part_N / num_in)[:, None].astype(np.float32),
+  num_in = features_SxF.shape[0]
+  x_SxF = np.asarray(features_SxF, np.float32)
+  start_S = np.arange(num_in) * num_segments  # snippet j spans [j T, (j + 1) T) in units of 1/T
+  bin_S = start_S // num_in  # the output snippet each input snippet starts in; spans are S long
+  first_part_S = np.minimum(start_S + num_segments, (bin_S + 1) * num_in) - start_S
+  rest_S = num_segments - first_part_S  # the part of the snippet in the next output snippet
+  starts_T = np.searchsorted(bin_S, np.arange(num_segments))  # every span holds a snippet start
+  out_TxF = np.add.reduceat(x_SxF * (first_part_S / num_in)[:, None].astype(np.float32),
                             starts_T, axis=0)
-  straddling = np.nonzero(rest_N)[0]
-  out_TxF[bin_N[straddling] + 1] += x_NxF[straddling] * (
-      rest_N[straddling] / num_in)[:, None].astype(np.float32)
+  straddling = np.nonzero(rest_S)[0]
+  out_TxF[bin_S[straddling] + 1] += x_SxF[straddling] * (
+      rest_S[straddling] / num_in)[:, None].astype(np.float32)
   return out_TxF
 
 
-def resample_snippets(features_NxF: np.ndarray, num_segments: int) -> np.ndarray:
-  """[N, F] snippets -> [T, F], T = num_segments, float32: unchanged when N = T; stretched by
-  linear interpolation at the snippet centres when N < T (as post-processing stretches the CAS,
-  postprocess.linear_resize); shrunk by span means when N > T."""
-  num_in = features_NxF.shape[0]
+def resample_snippets(features_SxF: np.ndarray, num_segments: int) -> np.ndarray:
+  """[S, F] snippets -> [T, F], T = num_segments, float32: unchanged when S = T; stretched by
+  linear interpolation at the snippet centres when S < T (as post-processing stretches the CAS,
+  postprocess.linear_resize); shrunk by span means when S > T."""
+  num_in = features_SxF.shape[0]
   if num_in == num_segments:
-    return np.asarray(features_NxF, np.float32)
+    return np.asarray(features_SxF, np.float32)
   if num_in < num_segments:
-    return postprocess.linear_resize(features_NxF, num_segments)
-  return span_means(features_NxF, num_segments)
+    return postprocess.linear_resize(features_SxF, num_segments)
+  return span_means(features_SxF, num_segments)
 
 
 def read_features(video: UnannotatedVideo, config: ml_collections.ConfigDict) -> np.ndarray:
-  """The stored [N, F] features of a video, checked."""
+  """The stored [S, F] features of a video, checked."""
   if video.path.suffix == '.npz':
     return features.read_video(video.path, num_classes=config.model.num_classes,
                                feature_dim=config.data.feature_dim,
@@ -227,13 +227,13 @@ def read_features(video: UnannotatedVideo, config: ml_collections.ConfigDict) ->
   return array.astype(np.float32)
 
 
-def example(video: UnannotatedVideo, features_NxF: np.ndarray,
+def example(video: UnannotatedVideo, features_SxF: np.ndarray,
             config: ml_collections.ConfigDict) -> dict:
   """The example dict `pipeline.read_batch` takes, features resampled to num_segments."""
   num_segments = config.data.num_segments
   return {
       'vid_name': video.vid_name,
-      'features': resample_snippets(features_NxF, num_segments),
+      'features': resample_snippets(features_SxF, num_segments),
       'video_labels': np.zeros((config.model.num_classes,), np.float32),
       'click_labels': np.full((num_segments,), features.IGNORE_LABEL, np.int32),
       'frame_num': np.int64(video.frame_num),
@@ -259,12 +259,12 @@ class FileSource:
 class ArraySource:
   """One video whose features are already in memory (a pipeline.Source)."""
 
-  def __init__(self, video: UnannotatedVideo, features_NxF: np.ndarray,
+  def __init__(self, video: UnannotatedVideo, features_SxF: np.ndarray,
                config: ml_collections.ConfigDict):
-    self.video, self.features_NxF, self.config = video, features_NxF, config
+    self.video, self.features_SxF, self.config = video, features_SxF, config
 
   def __len__(self) -> int:
     return 1
 
   def __getitem__(self, index: int) -> dict:
-    return example(self.video, self.features_NxF, self.config)
+    return example(self.video, self.features_SxF, self.config)
