@@ -114,6 +114,23 @@ run_in_job() {
   run_cmd "${SRUN[@]}"
 }
 
+set_option() {
+  case $1 in
+    --config) CONFIG=$2 ;;
+    --workdir) WORKDIR=$2 ;;
+    --nodes) NODES=$2 ;;
+    --gpus-per-node) GPUS_PER_NODE=$2 ;;
+    --cpus-per-task) CPUS_PER_TASK=$2 ;;
+    --time) TIME=$2 ;;
+    --partition) PARTITION=$2 ;;
+    --account) ACCOUNT=$2 ;;
+    --job-name) JOB_NAME=$2 ;;
+    --log-dir) LOG_DIR=$2 ;;
+    --python) PYTHON=$2 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+}
+
 main() {
   CONFIG=${BACKTAL_CONFIG:-}
   WORKDIR=${BACKTAL_WORKDIR:-}
@@ -126,42 +143,7 @@ main() {
   JOB_NAME=${BACKTAL_JOB_NAME:-backtal}
   LOG_DIR=${BACKTAL_LOG_DIR:-slurm_logs}
   PYTHON=${BACKTAL_PYTHON:-python}
-  local dry_run_env=${DRY_RUN:-0}
-  DRY_RUN=0
-  ! is_true "$dry_run_env" || DRY_RUN=1
-  PASSTHROUGH=()
-  local opt value
-  while (($#)); do
-    opt=$1
-    shift
-    case $opt in
-      -h | --help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1; continue ;;
-      --) PASSTHROUGH+=("$@"); break ;;
-      --config.*) PASSTHROUGH+=("$opt"); continue ;;
-      --*=*) value=${opt#*=}; opt=${opt%%=*} ;;
-      --*)
-        (($#)) || die "$opt needs a value"
-        value=$1
-        shift
-        ;;
-      *) die "unexpected argument '$opt' (see --help)" ;;
-    esac
-    case $opt in
-      --config) CONFIG=$value ;;
-      --workdir) WORKDIR=$value ;;
-      --nodes) NODES=$value ;;
-      --gpus-per-node) GPUS_PER_NODE=$value ;;
-      --cpus-per-task) CPUS_PER_TASK=$value ;;
-      --time) TIME=$value ;;
-      --partition) PARTITION=$value ;;
-      --account) ACCOUNT=$value ;;
-      --job-name) JOB_NAME=$value ;;
-      --log-dir) LOG_DIR=$value ;;
-      --python) PYTHON=$value ;;
-      *) die "unknown option $opt (see --help)" ;;
-    esac
-  done
+  parse_options "$@"
   [[ -n $CONFIG ]] || die "missing --config (or the environment variable BACKTAL_CONFIG):" \
     "the config file, e.g. configs/thumos.py"
   [[ -n $WORKDIR ]] || die "missing --workdir (or the environment variable BACKTAL_WORKDIR):" \

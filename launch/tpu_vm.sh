@@ -280,6 +280,43 @@ cmd_delete() {
   gcloud_tpu delete "$NAME" --quiet
 }
 
+set_switch() {
+  case $1 in
+    --spot) SPOT=1 ;;
+    --preemptible) PREEMPTIBLE=1 ;;
+    *) return 1 ;;
+  esac
+}
+
+set_word() {
+  [[ -z $COMMAND ]] || die "unexpected argument '$1' (one command at a time)"
+  COMMAND=$1
+}
+
+set_option() {
+  case $1 in
+    --name) NAME=$2 ;;
+    --zone) ZONE=$2 ;;
+    --project) PROJECT=$2 ;;
+    --accelerator-type) ACCELERATOR_TYPE=$2 ;;
+    --version) VERSION=$2 ;;
+    --attempts) ATTEMPTS=$2 ;;
+    --retry-sleep) RETRY_SLEEP=$2 ;;
+    --max-retry-sleep) MAX_RETRY_SLEEP=$2 ;;
+    --repo) REPO=$2 ;;
+    --ref) REF=$2 ;;
+    --remote-dir) REMOTE_DIR=$2 ;;
+    --venv) VENV=$2 ;;
+    --python-version) PYTHON_VERSION=$2 ;;
+    --jax-spec) JAX_SPEC=$2 ;;
+    --config) CONFIG=$2 ;;
+    --workdir) WORKDIR=$2 ;;
+    --run-id) RUN_ID=$2 ;;
+    --log-dir) LOG_DIR=$2 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+}
+
 main() {
   NAME=${TPU_NAME:-}
   ZONE=${TPU_ZONE:-}
@@ -301,59 +338,12 @@ main() {
   WORKDIR=${BACKTAL_WORKDIR:-}
   RUN_ID=${BACKTAL_RUN_ID:-}
   LOG_DIR=${BACKTAL_LOG_DIR:-backtal_logs}
-  local dry_run_env=${DRY_RUN:-0}
-  DRY_RUN=0
-  ! is_true "$dry_run_env" || DRY_RUN=1
-  PASSTHROUGH=()
-  local command='' opt value
-  while (($#)); do
-    opt=$1
-    shift
-    case $opt in
-      -h | --help) usage; exit 0 ;;
-      --dry-run) DRY_RUN=1; continue ;;
-      --spot) SPOT=1; continue ;;
-      --preemptible) PREEMPTIBLE=1; continue ;;
-      --) PASSTHROUGH+=("$@"); break ;;
-      --config.*) PASSTHROUGH+=("$opt"); continue ;;
-      --*=*) value=${opt#*=}; opt=${opt%%=*} ;;
-      --*)
-        (($#)) || die "$opt needs a value"
-        value=$1
-        shift
-        ;;
-      *)
-        [[ -z $command ]] || die "unexpected argument '$opt' (one command at a time)"
-        command=$opt
-        continue
-        ;;
-    esac
-    case $opt in
-      --name) NAME=$value ;;
-      --zone) ZONE=$value ;;
-      --project) PROJECT=$value ;;
-      --accelerator-type) ACCELERATOR_TYPE=$value ;;
-      --version) VERSION=$value ;;
-      --attempts) ATTEMPTS=$value ;;
-      --retry-sleep) RETRY_SLEEP=$value ;;
-      --max-retry-sleep) MAX_RETRY_SLEEP=$value ;;
-      --repo) REPO=$value ;;
-      --ref) REF=$value ;;
-      --remote-dir) REMOTE_DIR=$value ;;
-      --venv) VENV=$value ;;
-      --python-version) PYTHON_VERSION=$value ;;
-      --jax-spec) JAX_SPEC=$value ;;
-      --config) CONFIG=$value ;;
-      --workdir) WORKDIR=$value ;;
-      --run-id) RUN_ID=$value ;;
-      --log-dir) LOG_DIR=$value ;;
-      *) die "unknown option $opt (see --help)" ;;
-    esac
-  done
-  case $command in
-    create | setup | run | logs | stop | delete | preflight) "cmd_$command" ;;
+  COMMAND=''
+  parse_options "$@"
+  case $COMMAND in
+    create | setup | run | logs | stop | delete | preflight) "cmd_$COMMAND" ;;
     '') usage >&2; die "no command given (create, setup, run, logs, stop, delete, preflight)" ;;
-    *) die "unknown command '$command' (create, setup, run, logs, stop, delete, preflight)" ;;
+    *) die "unknown command '$COMMAND' (create, setup, run, logs, stop, delete, preflight)" ;;
   esac
 }
 
