@@ -1,9 +1,11 @@
 """How every command ends: one line for a mistake the user can fix, 128 + N for a stop by signal N,
 a traceback only for a bug.
 
-Each command's `__main__` calls `errors.run(main)` instead of `app.run(main)`; code anywhere below
-raises `UserError` (or a subclass, such as `features.FeatureFileError`) with a message that names
-the file, the key or field, the value found and what was expected.
+Each command's `__main__` defines its flags with its own `define_flags()` (so importing a module
+defines none, and a library such as data/synthetic.py can also be a command without adding its
+flags to every program that imports it), then calls `errors.run(main)` instead of `app.run(main)`;
+code anywhere below raises `UserError` (or a subclass, such as `features.FeatureFileError`) with a
+message that names the file, the key or field, the value found and what was expected.
 """
 
 import os

@@ -24,12 +24,17 @@ from backtal_jax import evaluation
 from backtal_jax import files
 from backtal_jax import reporting
 
-_GROUND_TRUTH = flags.DEFINE_string('ground_truth', None, 'Ground-truth JSON (ActivityNet format).')
-_PREDICTIONS = flags.DEFINE_string('predictions', None, 'Detections JSON (ActivityNet results).')
-_SUBSET = flags.DEFINE_string('subset', None, "Ground-truth subset, e.g. 'test' or 'validation'.")
-_TIOU = flags.DEFINE_list('tiou', [str(t) for t in reporting.DEFAULT_TIOU], 'tIoU thresholds.')
-_OUTPUT_JSON = flags.DEFINE_string('output_json', '', 'If set, the summary is also written here.')
-_PER_CLASS = flags.DEFINE_bool('per_class', False, 'Also print the AP of each class.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('ground_truth', None, 'Ground-truth JSON (ActivityNet format).')
+  flags.DEFINE_string('predictions', None, 'Detections JSON (ActivityNet results).')
+  flags.DEFINE_string('subset', None, "Ground-truth subset, e.g. 'test' or 'validation'.")
+  flags.DEFINE_list('tiou', [str(t) for t in reporting.DEFAULT_TIOU], 'tIoU thresholds.')
+  flags.DEFINE_string('output_json', '', 'If set, the summary is also written here.')
+  flags.DEFINE_bool('per_class', False, 'Also print the AP of each class.')
+  flags.mark_flags_as_required(['ground_truth', 'predictions', 'subset'])
 
 
 def parse_thresholds(values: Sequence[str]) -> tuple[float, ...]:
@@ -103,19 +108,19 @@ def check_output_folder(output_json: str) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  check_output_folder(_OUTPUT_JSON.value)
-  summary = evaluate(_GROUND_TRUTH.value, _PREDICTIONS.value, _SUBSET.value,
-                     parse_thresholds(_TIOU.value))
+  check_output_folder(FLAGS.output_json)
+  summary = evaluate(FLAGS.ground_truth, FLAGS.predictions, FLAGS.subset,
+                     parse_thresholds(FLAGS.tiou))
   for warning in unscored_warnings(summary):
     print(warning, file=sys.stderr)
   print(reporting.format_counts(summary))
   print(reporting.format_table(summary))
-  if _PER_CLASS.value:
+  if FLAGS.per_class:
     print(reporting.format_per_class(summary))
-  if _OUTPUT_JSON.value:
-    files.write_json_atomically(_OUTPUT_JSON.value, summary)
+  if FLAGS.output_json:
+    files.write_json_atomically(FLAGS.output_json, summary)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['ground_truth', 'predictions', 'subset'])
+  define_flags()
   errors.run(main)

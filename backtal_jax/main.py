@@ -15,28 +15,33 @@ from backtal_jax import evaluator
 from backtal_jax import logs
 from backtal_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results (local or gs://).')
-_DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() first: on every host of a TPU pod '
-    'slice (no other settings needed) or of a multi-node GPU job (SLURM supplies them).')
-flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results (local or gs://).')
+  flags.DEFINE_bool(
+      'distributed', False, 'Call jax.distributed.initialize() first: on every host of a TPU pod '
+      'slice (no other settings needed) or of a multi-node GPU job (SLURM supplies them).')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_library_logs()
-  if _DISTRIBUTED.value:
+  if FLAGS.distributed:
     jax.distributed.initialize()
   logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
-  if _CONFIG.value.eval.only:
-    evaluator.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  if FLAGS.config.eval.only:
+    evaluator.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
   else:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
+  define_flags()
   errors.run(main)

@@ -17,24 +17,28 @@ from backtal_jax import logs
 from backtal_jax import predictor
 from backtal_jax import reporting
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]) '
-                                          'the model was trained with.', lock_config=True)
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Orbax folder (a run\'s best/ or '
-                                  'checkpoints/) or an official .pth file.')
-_FEATURES = flags.DEFINE_list('features', None, 'Feature files (.npz, .npy) and folders of them.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Detections JSON to write (ActivityNet results).')
-_PLOTS = flags.DEFINE_string('plots', '', 'If set, a folder for PNG plots of the first videos.')
-_NUM_PLOTS = flags.DEFINE_integer('num_plots', 8, 'How many videos --plots draws.')
-_GROUND_TRUTH = flags.DEFINE_string('ground_truth', '', 'If set, a ground-truth JSON (or shipped '
-                                    'name) to score the detections against.')
-_SUBSET = flags.DEFINE_string('subset', '', 'Ground-truth subset scored (default: '
-                              'config.eval.subset).')
-_METADATA_CSV = flags.DEFINE_string('metadata_csv', '', 'CSV with columns vid_name,duration,fps '
-                                    'for videos whose files lack them.')
-_DURATION = flags.DEFINE_float('duration', None, 'Duration in seconds of every video whose file '
-                               'and CSV row lack one.')
-_FPS = flags.DEFINE_float('fps', None, 'Frame rate of every video whose file and CSV row lack one.')
-flags.mark_flags_as_required(['config', 'checkpoint', 'features', 'output'])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]) '
+                                  'the model was trained with.', lock_config=True)
+  flags.DEFINE_string('checkpoint', None, 'Orbax folder (a run\'s best/ or '
+                      'checkpoints/) or an official .pth file.')
+  flags.DEFINE_list('features', None, 'Feature files (.npz, .npy) and folders of them.')
+  flags.DEFINE_string('output', None, 'Detections JSON to write (ActivityNet results).')
+  flags.DEFINE_string('plots', '', 'If set, a folder for PNG plots of the first videos.')
+  flags.DEFINE_integer('num_plots', 8, 'How many videos --plots draws.')
+  flags.DEFINE_string('ground_truth', '', 'If set, a ground-truth JSON (or shipped '
+                      'name) to score the detections against.')
+  flags.DEFINE_string('subset', '', 'Ground-truth subset scored (default: '
+                      'config.eval.subset).')
+  flags.DEFINE_string('metadata_csv', '', 'CSV with columns vid_name,duration,fps '
+                      'for videos whose files lack them.')
+  flags.DEFINE_float('duration', None, 'Duration in seconds of every video whose file '
+                     'and CSV row lack one.')
+  flags.DEFINE_float('fps', None, 'Frame rate of every video whose file and CSV row lack one.')
+  flags.mark_flags_as_required(['config', 'checkpoint', 'features', 'output'])
 
 
 def main(argv):
@@ -42,12 +46,13 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_library_logs()
   summary = predictor.predict(
-      _CONFIG.value, _CHECKPOINT.value, _FEATURES.value, _OUTPUT.value, plots=_PLOTS.value,
-      num_plots=_NUM_PLOTS.value, ground_truth=_GROUND_TRUTH.value, subset=_SUBSET.value,
-      metadata_csv=_METADATA_CSV.value, duration=_DURATION.value, fps=_FPS.value)
+      FLAGS.config, FLAGS.checkpoint, FLAGS.features, FLAGS.output, plots=FLAGS.plots,
+      num_plots=FLAGS.num_plots, ground_truth=FLAGS.ground_truth, subset=FLAGS.subset,
+      metadata_csv=FLAGS.metadata_csv, duration=FLAGS.duration, fps=FLAGS.fps)
   if summary is not None:
     print(reporting.format_table(summary))
 
 
 if __name__ == '__main__':
+  define_flags()
   errors.run(main)

@@ -13,7 +13,6 @@ CPU (width 256, batch / 4):
   python -m benchmarks.affinity_kernel --small --json_out=affinity_cpu.json
 """
 
-import argparse
 import datetime
 import json
 import logging
@@ -21,8 +20,11 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+import types
+from typing import Any, Callable, Sequence
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -350,32 +352,44 @@ def cpu_model() -> str:
   return platform.processor()
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--shapes', default=','.join(DATASET_SHAPES),
-                      help='comma-separated dataset names (%s) or BxT' % ', '.join(DATASET_SHAPES))
-  parser.add_argument('--width', type=int, default=2048, help='I = O of the affinity convolution')
-  parser.add_argument('--batch_divisor', type=int, default=1, help='divide the datasets\' B')
-  parser.add_argument('--small', action='store_true',
-                      help='CPU preset: --width=%d --batch_divisor=%d' % (SMALL_WIDTH,
-                                                                         SMALL_BATCH_DIVISOR))
-  parser.add_argument('--semantics', default=','.join(affinity.SEMANTICS))
-  parser.add_argument('--modes', default=','.join(MODES))
-  parser.add_argument('--precisions', default=','.join(PRECISIONS))
-  parser.add_argument('--formulations', default='', help='comma-separated names; empty: all')
-  parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--json_out', default='', help='write environment and rows as JSON here')
-  args = parser.parse_args(argv)
-  if args.small:
-    args.width, args.batch_divisor = SMALL_WIDTH, SMALL_BATCH_DIVISOR
-  return args
+FLAGS = flags.FLAGS
 
 
-def main(argv: list[str]) -> int:
+def define_flags() -> None:
+  flags.DEFINE_string('shapes', ','.join(DATASET_SHAPES),
+                      'comma-separated dataset names (%s) or BxT' % ', '.join(DATASET_SHAPES))
+  flags.DEFINE_integer('width', 2048, 'I = O of the affinity convolution')
+  flags.DEFINE_integer('batch_divisor', 1, 'divide the datasets\' B')
+  flags.DEFINE_bool('small', False, 'CPU preset: --width=%d --batch_divisor=%d' % (
+      SMALL_WIDTH, SMALL_BATCH_DIVISOR))
+  flags.DEFINE_string('semantics', ','.join(affinity.SEMANTICS), 'comma-separated semantics')
+  flags.DEFINE_string('modes', ','.join(MODES), 'comma-separated modes')
+  flags.DEFINE_string('precisions', ','.join(PRECISIONS), 'comma-separated precisions')
+  flags.DEFINE_string('formulations', '', 'comma-separated names; empty: all')
+  flags.DEFINE_integer('warmup', 2, 'untimed runs first')
+  flags.DEFINE_integer('repeats', 5, 'timed runs; the median is reported')
+  flags.DEFINE_integer('seed', 0, 'of the random inputs')
+  flags.DEFINE_string('json_out', '', 'write environment and rows as JSON here')
+
+
+def with_small_preset(values: dict[str, Any]) -> dict[str, Any]:
+  """--small: the CPU preset's width and batch divisor in place of the given ones."""
+  if values['small']:
+    values = dict(values, width=SMALL_WIDTH, batch_divisor=SMALL_BATCH_DIVISOR)
+  return values
+
+
+def arguments(command: types.ModuleType, argv: Sequence[str]) -> types.SimpleNamespace:
+  """The command's flags (those its define_flags defined, in order), --small applied."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  values = {flag.name: flag.value for flag in FLAGS.get_flags_for_module(command)}
+  return types.SimpleNamespace(**with_small_preset(values))
+
+
+def main(argv: Sequence[str]) -> int:
   """Runs, prints the table, writes JSON; exit status 1 when a formulation was rejected."""
-  args = parse_args(argv)
+  args = arguments(sys.modules[__name__], argv)
   split = lambda s: [item for item in s.split(',') if item]
   rows = run_benchmark(resolve_shapes(split(args.shapes), args.width, args.batch_divisor),
                        split(args.semantics), split(args.modes), split(args.precisions),
@@ -391,5 +405,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  app.run(main)

@@ -23,8 +23,12 @@ from backtal_jax.data import resources
 from configs import activitynet12
 from configs import thumos
 
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats per stage; the best is reported.')
-_FEATURE_DIM = flags.DEFINE_integer('feature_dim', 64, 'Width of feature_supp_1 (fixtures: 64).')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_integer('repeats', 3, 'Timed repeats per stage; the best is reported.')
+  flags.DEFINE_integer('feature_dim', 64, 'Width of feature_supp_1 (fixtures: 64).')
 
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], std: float) -> np.ndarray:
@@ -96,11 +100,12 @@ def benchmark(title, gt_name, config, num_snippets, repeats, feature_dim):
 
 def main(argv):
   del argv
-  benchmark('THUMOS14 test', 'thumos14_gt', thumos.get_config(), 750, _REPEATS.value,
-            _FEATURE_DIM.value)
+  benchmark('THUMOS14 test', 'thumos14_gt', thumos.get_config(), 750, FLAGS.repeats,
+            FLAGS.feature_dim)
   benchmark('ActivityNet1.2 validation', 'activitynet12_gt', activitynet12.get_config(), 100,
-            _REPEATS.value, _FEATURE_DIM.value)
+            FLAGS.repeats, FLAGS.feature_dim)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -78,7 +78,10 @@ def measure(dataset: str, width: int, mode: str, root: pathlib.Path, readers: in
           'median_ms': statistics.median(times), 'max_ms': max(times)}
 
 
-def define_flags():
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
   flags.DEFINE_list('datasets', list(CONFIGS), 'Official shapes.')
   flags.DEFINE_list('widths', ['2048', '128'], 'Feature widths (2048: official).')
   flags.DEFINE_list('readers', ['1', '4'], 'Reader threads of the streamed rows.')
@@ -89,17 +92,17 @@ def main(argv):
   del argv
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
-    for dataset in flags.FLAGS.datasets:
-      for width in map(int, flags.FLAGS.widths):
-        runs = [('never', int(r)) for r in flags.FLAGS.readers] + [('always', 0)]
+    for dataset in FLAGS.datasets:
+      for width in map(int, FLAGS.widths):
+        runs = [('never', int(r)) for r in FLAGS.readers] + [('always', 0)]
         for mode, readers in runs:
           rows.append(measure(dataset, width, mode, pathlib.Path(tmp), readers))
           r = rows[-1]
           print(f"{r['dataset']:14s} B={r['batch']:3d} T={r['segments']:3d} F={r['width']:4d} "
                 f"{'resident' if mode == 'always' else f'streamed, {readers} readers':20s} "
                 f"{r['median_ms']:9.2f} ms (max {r['max_ms']:.2f})", flush=True)
-  if flags.FLAGS.json_out:
-    pathlib.Path(flags.FLAGS.json_out).write_text(json.dumps(rows, indent=1) + '\n')
+  if FLAGS.json_out:
+    pathlib.Path(FLAGS.json_out).write_text(json.dumps(rows, indent=1) + '\n')
 
 
 if __name__ == '__main__':

@@ -34,12 +34,16 @@ from backtal_jax import train_state
 from backtal_jax.data import pipeline
 from configs import thumos
 
-_VARIANT = flags.DEFINE_string('variant', '', "configs/thumos.py variant: '' (official width) "
-                               "or 'synthetic' (the CPU testbed's width 128)")
-_VIDEOS = flags.DEFINE_integer('videos', 24, 'Feature files to predict on.')
-_MIN_SNIPPETS = flags.DEFINE_integer('min_snippets', 63, 'Shortest native length.')
-_MAX_SNIPPETS = flags.DEFINE_integer('max_snippets', 2400, 'Longest native length.')
-_ROOT = flags.DEFINE_string('root', '/tmp/predict_speed', 'Scratch folder.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('variant', '', "configs/thumos.py variant: '' (official width) "
+                      "or 'synthetic' (the CPU testbed's width 128)")
+  flags.DEFINE_integer('videos', 24, 'Feature files to predict on.')
+  flags.DEFINE_integer('min_snippets', 63, 'Shortest native length.')
+  flags.DEFINE_integer('max_snippets', 2400, 'Longest native length.')
+  flags.DEFINE_string('root', '/tmp/predict_speed', 'Scratch folder.')
 
 
 def folder_bytes(path: pathlib.Path) -> int:
@@ -96,14 +100,14 @@ def timed_predict(config, run: pathlib.Path, inputs: pathlib.Path,
 def main(argv):
   del argv
   logs.quiet_library_logs()
-  root = pathlib.Path(_ROOT.value)
-  config = thumos.get_config(_VARIANT.value)
+  root = pathlib.Path(FLAGS.root)
+  config = thumos.get_config(FLAGS.variant)
   config.data.source = 'npz'  # no testbed is needed: prediction reads the files given
   run, inputs = root / 'run', root / 'inputs'
   if not run.exists():
     save_run(config, run)
-  lengths = write_inputs(config, inputs, _VIDEOS.value, _MIN_SNIPPETS.value, _MAX_SNIPPETS.value)
-  results = {'variant': _VARIANT.value or 'official', 'feature_dim': config.data.feature_dim,
+  lengths = write_inputs(config, inputs, FLAGS.videos, FLAGS.min_snippets, FLAGS.max_snippets)
+  results = {'variant': FLAGS.variant or 'official', 'feature_dim': config.data.feature_dim,
              'hidden_dim': config.model.hidden_dim, 'videos': len(lengths),
              'snippets': [min(lengths), max(lengths)],
              'best_bytes': folder_bytes(run / 'best'),
@@ -123,4 +127,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

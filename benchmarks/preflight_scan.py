@@ -19,9 +19,12 @@ from backtal_jax import preflight
 from configs import activitynet12
 from configs import thumos
 
-_DATASET = flags.DEFINE_enum('dataset', 'thumos14', ['thumos14', 'activitynet12'], 'Its config.')
-_FEATURES_ROOT = flags.DEFINE_string('features_root', None, 'Folder of <split>/*.npz.',
-                                     required=True)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_enum('dataset', 'thumos14', ['thumos14', 'activitynet12'], 'Its config.')
+  flags.DEFINE_string('features_root', None, 'Folder of <split>/*.npz.', required=True)
 
 
 def evict(paths) -> None:
@@ -36,18 +39,19 @@ def evict(paths) -> None:
 
 def main(argv):
   del argv
-  config = (thumos if _DATASET.value == 'thumos14' else activitynet12).get_config()
-  config.data.features_root = _FEATURES_ROOT.value
-  root = pathlib.Path(_FEATURES_ROOT.value)
+  config = (thumos if FLAGS.dataset == 'thumos14' else activitynet12).get_config()
+  config.data.features_root = FLAGS.features_root
+  root = pathlib.Path(FLAGS.features_root)
   paths = sorted(root.glob('*/*.npz'))
   size = sum(p.stat().st_size for p in paths)
   evict(paths)
   for label in ('cold', 'warm'):
     started = time.monotonic()
     problems = preflight.data_problems(config, root)
-    print(f'{_DATASET.value}: {len(paths)} files, {size / 1e9:.2f} GB, {label}: '
+    print(f'{FLAGS.dataset}: {len(paths)} files, {size / 1e9:.2f} GB, {label}: '
           f'{time.monotonic() - started:.2f} s, {len(problems)} problems')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -22,9 +22,14 @@ import numpy as np
 
 from backtal_jax import torch_pickle
 
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median (processes) and the '
-                                'best (in-process reads) are reported.')
-_FOLDER = flags.DEFINE_string('folder', '/tmp/backtal_pth', 'Where the .pth files are written.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median (processes) and the best '
+                       '(in-process reads) are reported.')
+  flags.DEFINE_string('folder', '/tmp/backtal_pth', 'Where the .pth files are written.')
+
 
 # official name -> shape at the THUMOS14 width
 OFFICIAL_SHAPES = {
@@ -77,22 +82,23 @@ def read_seconds(read, path: str, repeats: int) -> float:
 def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
-  paths = write_files(_FOLDER.value)
+  paths = write_files(FLAGS.folder)
   n = sum(int(np.prod(shape)) for shape in OFFICIAL_SHAPES.values())
   print(f'{n / 1e6:.1f} M parameters, {os.path.getsize(paths["zip"]) / 1e6:.0f} MB per file')
   print('| file | process: load_official_checkpoint | process: torch_pickle.load | '
         'process: torch.load | read: torch_pickle | read: torch |')
   print('| --- | --- | --- | --- | --- | --- |')
   for label, path in paths.items():
-    ours = process_seconds(OURS, path, _REPEATS.value)
-    reader_only = process_seconds(READER_ONLY, path, _REPEATS.value)
-    theirs = process_seconds(TORCH, path, _REPEATS.value)
-    read_ours = read_seconds(torch_pickle.load, path, _REPEATS.value)
+    ours = process_seconds(OURS, path, FLAGS.repeats)
+    reader_only = process_seconds(READER_ONLY, path, FLAGS.repeats)
+    theirs = process_seconds(TORCH, path, FLAGS.repeats)
+    read_ours = read_seconds(torch_pickle.load, path, FLAGS.repeats)
     read_theirs = read_seconds(
-        lambda p: torch.load(p, map_location='cpu', weights_only=True), path, _REPEATS.value)
+        lambda p: torch.load(p, map_location='cpu', weights_only=True), path, FLAGS.repeats)
     print(f'| {label} | {ours:.2f} s | {reader_only:.2f} s | {theirs:.2f} s | {read_ours:.3f} s | '
           f'{read_theirs:.3f} s |')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -21,8 +21,13 @@ from backtal_jax.data import pipeline
 from backtal_jax.data import tfds_builder
 from tests import npz_files
 
-_VIDEOS = flags.DEFINE_integer('videos', 16, 'Training videos written and read.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Shuffled passes per source.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_integer('videos', 16, 'Training videos written and read.')
+  flags.DEFINE_integer('repeats', 3, 'Shuffled passes per source.')
+
 
 SHAPE = dict(num_segments=750, feature_dim=2048, num_classes=20)
 
@@ -37,14 +42,14 @@ def ms_per_video(source: pipeline.Source, order: np.ndarray) -> float:
 def main(argv):
   del argv
   root, data_dir = tempfile.mkdtemp(), tempfile.mkdtemp()
-  npz_files.write_split(root, 'val', _VIDEOS.value, train=True, **SHAPE)
+  npz_files.write_split(root, 'val', FLAGS.videos, train=True, **SHAPE)
   npz_files.write_split(root, 'test', 1, train=False, **SHAPE)
   config = tfds_builder.FeatureConfig(name='benchmark', **SHAPE)
   builder = tfds_builder.BacktalFeatures(config=config, data_dir=data_dir,
                                          file_format='array_record')
   started = time.perf_counter()
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
-  print(f'TFDS build: {time.perf_counter() - started:.1f} s for {_VIDEOS.value + 1} videos')
+  print(f'TFDS build: {time.perf_counter() - started:.1f} s for {FLAGS.videos + 1} videos')
   sources = {
       'npz': pipeline.NpzSource(root, 'val', num_classes=20, feature_dim=2048, num_segments=750,
                                 require_clicks=True),
@@ -52,13 +57,14 @@ def main(argv):
   }
   rng = np.random.default_rng(0)
   times = {name: [] for name in sources}
-  for _ in range(_REPEATS.value):
+  for _ in range(FLAGS.repeats):
     for name, source in sources.items():
-      times[name].append(ms_per_video(source, rng.permutation(_VIDEOS.value)))
+      times[name].append(ms_per_video(source, rng.permutation(FLAGS.videos)))
   for name, values in times.items():
     print(f'{name}: {min(values):.1f} to {max(values):.1f} ms per video '
           f'(median {np.median(values):.1f})')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

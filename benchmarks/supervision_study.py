@@ -26,7 +26,10 @@ from configs import thumos
 TIOUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def define_flags():
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
   flags.DEFINE_string('root', None, 'Folder of the runs (one workdir per run).', required=True)
   flags.DEFINE_list('runs', ['background/official', 'none/official', 'action/official',
                              'both/official', 'background/paper'],
@@ -110,15 +113,15 @@ def summarise(results: dict[str, list[dict]]) -> str:
 def main(argv):
   del argv
   logs.quiet_library_logs()
-  root = pathlib.Path(flags.FLAGS.root)
-  seeds = [int(s) for s in flags.FLAGS.seeds]
+  root = pathlib.Path(FLAGS.root)
+  seeds = [int(s) for s in FLAGS.seeds]
   results: dict[str, list[dict]] = {}
   for seed in seeds:
-    for run in flags.FLAGS.runs:
+    for run in FLAGS.runs:
       supervision, affinity = run.split('/')
       results.setdefault(run, []).append(
-          run_one(root, supervision, affinity, seed, flags.FLAGS.set))
-      publish(summarise(results), flags.FLAGS.markdown)
+          run_one(root, supervision, affinity, seed, FLAGS.set))
+      publish(summarise(results), FLAGS.markdown)
 
 
 if __name__ == '__main__':

@@ -38,7 +38,10 @@ PAPER_RANGE = (0.25, 0.45)  # mAP@0.5 BackTAL reaches on real features across th
 MIN_MARGIN = 0.05  # background clicks must beat video labels by this much mAP@0.5
 
 
-def define_flags():
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
   flags.DEFINE_string('root', None, 'Folder of the search (one subfolder per setting).',
                       required=True)
   flags.DEFINE_list('settings', list(SETTINGS), f'Settings to run, of {list(SETTINGS)}.')
@@ -81,19 +84,19 @@ def summarise(results: dict[str, dict[str, list[dict]]]) -> str:
 def main(argv):
   del argv
   logs.quiet_library_logs()
-  unknown = sorted(set(flags.FLAGS.settings) - set(SETTINGS))
+  unknown = sorted(set(FLAGS.settings) - set(SETTINGS))
   if unknown:
     raise app.UsageError(f'--settings: unknown {unknown}; known: {list(SETTINGS)}')
-  root = pathlib.Path(flags.FLAGS.root)
+  root = pathlib.Path(FLAGS.root)
   results: dict[str, dict[str, list[dict]]] = {}
-  for setting in flags.FLAGS.settings:
-    for seed in (int(s) for s in flags.FLAGS.seeds):
-      for run in flags.FLAGS.runs:
+  for setting in FLAGS.settings:
+    for seed in (int(s) for s in FLAGS.seeds):
+      for run in FLAGS.runs:
         supervision, affinity = run.split('/')
         result = supervision_study.run_one(root / setting, supervision, affinity, seed,
                                            SETTINGS[setting])
         results.setdefault(setting, {}).setdefault(run, []).append(result)
-    supervision_study.publish(summarise(results), flags.FLAGS.markdown)
+    supervision_study.publish(summarise(results), FLAGS.markdown)
 
 
 if __name__ == '__main__':

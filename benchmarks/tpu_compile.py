@@ -184,7 +184,10 @@ def markdown(rows: Sequence[dict]) -> str:
   return '\n'.join(lines)
 
 
-def define_flags():
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
   flags.DEFINE_list('topologies', ['v5e:2x2', 'v4:2x2x1'], 'TPU slices, as topology names.')
   flags.DEFINE_string('accelerator_type', '',
                       f'A Cloud accelerator type instead ({", ".join(ACCELERATOR_TOPOLOGIES)}).')
@@ -197,20 +200,20 @@ def define_flags():
 def main(argv):
   del argv
   logs.quiet_library_logs()
-  topologies_ = flags.FLAGS.topologies
-  if flags.FLAGS.accelerator_type:
-    if flags.FLAGS.accelerator_type not in ACCELERATOR_TOPOLOGIES:
-      raise app.UsageError(f'--accelerator_type={flags.FLAGS.accelerator_type!r}: expected one of '
+  topologies_ = FLAGS.topologies
+  if FLAGS.accelerator_type:
+    if FLAGS.accelerator_type not in ACCELERATOR_TOPOLOGIES:
+      raise app.UsageError(f'--accelerator_type={FLAGS.accelerator_type!r}: expected one of '
                            f'{", ".join(ACCELERATOR_TOPOLOGIES)}')
-    topologies_ = [ACCELERATOR_TOPOLOGIES[flags.FLAGS.accelerator_type]]
+    topologies_ = [ACCELERATOR_TOPOLOGIES[FLAGS.accelerator_type]]
   rows = []
   for topology in topologies_:
-    for dataset in flags.FLAGS.datasets:
-      rows.append(measure(topology, dataset, flags.FLAGS.set))
+    for dataset in FLAGS.datasets:
+      rows.append(measure(topology, dataset, FLAGS.set))
       print(markdown(rows[-1:]).splitlines()[-1], f"(compiled in {rows[-1]['compile_s']:.0f} s)",
             flush=True)
-      if flags.FLAGS.json_out:
-        path = pathlib.Path(flags.FLAGS.json_out)
+      if FLAGS.json_out:
+        path = pathlib.Path(FLAGS.json_out)
         previous = json.loads(path.read_text()) if path.exists() else []
         path.write_text(json.dumps(previous + rows[-1:], indent=1) + '\n')
   print(markdown(rows))

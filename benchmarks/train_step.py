@@ -22,7 +22,6 @@ CPU (width 256, batch / 4):
   python -m benchmarks.train_step --small --json_out=train_step_cpu.json
 """
 
-import argparse
 import json
 import logging
 import math
@@ -30,7 +29,10 @@ import os
 import statistics
 import sys
 import time
+from typing import Sequence
 
+from absl import app
+from absl import flags
 import jax
 import ml_collections
 import numpy as np
@@ -353,37 +355,33 @@ def share_gpu_with_torch() -> None:
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--shapes', default=','.join(affinity_kernel.DATASET_SHAPES),
-                      help='comma-separated dataset names (%s) or BxT' %
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('shapes', ','.join(affinity_kernel.DATASET_SHAPES),
+                      'comma-separated dataset names (%s) or BxT' %
                       ', '.join(affinity_kernel.DATASET_SHAPES))
-  parser.add_argument('--width', type=int, default=OFFICIAL_WIDTH,
-                      help='feature and hidden width; filter and embedding widths scale with it')
-  parser.add_argument('--batch_divisor', type=int, default=1, help='divide the datasets\' B')
-  parser.add_argument('--small', action='store_true',
-                      help='CPU preset: --width=%d --batch_divisor=%d' % (
-                          affinity_kernel.SMALL_WIDTH, affinity_kernel.SMALL_BATCH_DIVISOR))
-  parser.add_argument('--dtypes', default=','.join(DTYPES), help='compute dtypes (model.dtype)')
-  parser.add_argument('--precisions', default='default',
-                      help='comma-separated jax.default_matmul_precision values: %s' %
+  flags.DEFINE_integer('width', OFFICIAL_WIDTH,
+                       'feature and hidden width; filter and embedding widths scale with it')
+  flags.DEFINE_integer('batch_divisor', 1, 'divide the datasets\' B')
+  flags.DEFINE_bool('small', False, 'CPU preset: --width=%d --batch_divisor=%d' % (
+      affinity_kernel.SMALL_WIDTH, affinity_kernel.SMALL_BATCH_DIVISOR))
+  flags.DEFINE_string('dtypes', ','.join(DTYPES), 'compute dtypes (model.dtype)')
+  flags.DEFINE_string('precisions', 'default',
+                      'comma-separated jax.default_matmul_precision values: %s' %
                       ', '.join(PRECISIONS))
-  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compiling')
-  parser.add_argument('--repeats', type=int, default=5, help='timed steps; the median is reported')
-  parser.add_argument('--seed', type=int, default=0, help='of the random batch')
-  parser.add_argument('--official_repo', default='',
-                      help='root of an official BackTAL checkout: also time its step (CUDA only)')
-  parser.add_argument('--json_out', default='', help='write environment and rows as JSON here')
-  args = parser.parse_args(argv)
-  if args.small:
-    args.width = affinity_kernel.SMALL_WIDTH
-    args.batch_divisor = affinity_kernel.SMALL_BATCH_DIVISOR
-  return args
+  flags.DEFINE_integer('warmup', 2, 'untimed steps after compiling')
+  flags.DEFINE_integer('repeats', 5, 'timed steps; the median is reported')
+  flags.DEFINE_integer('seed', 0, 'of the random batch')
+  flags.DEFINE_string('official_repo', '',
+                      'root of an official BackTAL checkout: also time its step (CUDA only)')
+  flags.DEFINE_string('json_out', '', 'write environment and rows as JSON here')
 
 
-def main(argv: list[str]) -> int:
+def main(argv: Sequence[str]) -> int:
   """Runs, prints the table, writes JSON; exit status 1 when a step's loss is not finite."""
-  args = parse_args(argv)
+  args = affinity_kernel.arguments(sys.modules[__name__], argv)
   split = lambda s: [item for item in s.split(',') if item]
   if args.official_repo:
     check_official_repo(args.official_repo)
@@ -406,5 +404,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  app.run(main)

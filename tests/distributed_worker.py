@@ -9,9 +9,10 @@ same `run_steps` in its own process as the single-process reference. With --trai
 `train.train_and_evaluate` on the debug config instead.
 """
 
-import argparse
 import json
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
@@ -80,27 +81,33 @@ def train_debug(testbed: str, workdir: str) -> dict:
   return {'step': int(state.step)}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument('--process_id', type=int, required=True)
-  parser.add_argument('--num_processes', type=int, required=True)
-  parser.add_argument('--port', type=int, required=True)
-  parser.add_argument('--testbed', required=True)
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--out', required=True)
-  parser.add_argument('--train', action='store_true')
-  args = parser.parse_args()
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_integer('process_id', None, 'This process\'s index.', required=True)
+  flags.DEFINE_integer('num_processes', None, 'How many processes take part.', required=True)
+  flags.DEFINE_integer('port', None, 'The coordinator\'s port on 127.0.0.1.', required=True)
+  flags.DEFINE_string('testbed', None, 'Folder of the synthetic testbed.', required=True)
+  flags.DEFINE_string('workdir', None, 'The run\'s workdir.', required=True)
+  flags.DEFINE_string('out', None, 'JSON file for what this process saw.', required=True)
+  flags.DEFINE_bool('train', False, 'Run train.train_and_evaluate instead of two steps.')
+
+
+def main(argv):
+  del argv
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
-                             num_processes=args.num_processes, process_id=args.process_id,
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{FLAGS.port}',
+                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                              initialization_timeout=120)
-  result = (train_debug if args.train else run_steps)(args.testbed, args.workdir)
+  result = (train_debug if FLAGS.train else run_steps)(FLAGS.testbed, FLAGS.workdir)
   result['process_index'] = jax.process_index()
   result['local_devices'] = jax.local_device_count()
-  with open(args.out, 'w') as f:
+  with open(FLAGS.out, 'w') as f:
     json.dump(result, f)
   jax.distributed.shutdown()
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)

@@ -3,19 +3,26 @@ runs end to end, writes its JSON, and refuses to time a formulation that disagre
 one."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax.numpy as jnp
 
 from backtal_jax import affinity
 from benchmarks import affinity_kernel
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 
 def test_main_runs_at_a_tiny_shape_and_writes_json(tmp_path):
   out = tmp_path / 'affinity.json'
-  status = affinity_kernel.main([
-      '--shapes=2x9', '--width=7', '--semantics=official', '--precisions=highest,bfloat16',
-      '--formulations=naive,fast', '--warmup=1', '--repeats=1', '--json_out=%s' % out])
-  assert status == 0
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.affinity_kernel', '--shapes=2x9', '--width=7',
+       '--semantics=official', '--precisions=highest,bfloat16', '--formulations=naive,fast',
+       '--warmup=1', '--repeats=1', '--json_out=%s' % out],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
   written = json.loads(out.read_text())
   assert written['environment']['jax_version']
   rows = written['results']
@@ -59,8 +66,8 @@ def test_tap_group_ranges_cover_each_tap_once_in_official_groups():
 
 
 def test_small_preset_and_explicit_shapes():
-  args = affinity_kernel.parse_args(['--small'])
-  shapes = dict(affinity_kernel.resolve_shapes(['thumos14', '3x5'], args.width,
-                                               args.batch_divisor))
+  args = affinity_kernel.with_small_preset({'small': True, 'width': 2048, 'batch_divisor': 1})
+  shapes = dict(affinity_kernel.resolve_shapes(['thumos14', '3x5'], args['width'],
+                                               args['batch_divisor']))
   assert shapes == {'thumos14': (4, 750, 256), '3x5': (3, 5, 256)}
   assert jnp.dtype(affinity_kernel.PRECISIONS['bfloat16'][0]) == jnp.bfloat16

@@ -3,12 +3,16 @@ end to end, writes its JSON with every field, and reports the official step as s
 failed) where it cannot run."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from benchmarks import train_step
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 ROW_FIELDS = {
     'implementation', 'dataset', 'batch', 'length', 'width', 'dtype', 'precision', 'status',
     'analytic_flops', 'xla_flops', 'ms', 'steps_per_s', 'step_ms', 'tflops', 'peak_bytes',
@@ -25,9 +29,11 @@ def fake_official_checkout(tmp_path):
 
 def test_main_runs_at_a_tiny_shape_and_writes_json(tmp_path):
   out = tmp_path / 'train_step.json'
-  status = train_step.main(['--shapes=4x16', '--width=8', '--dtypes=float32,bfloat16',
-                            '--warmup=0', '--repeats=1', '--json_out=%s' % out])
-  assert status == 0
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.train_step', '--shapes=4x16', '--width=8',
+       '--dtypes=float32,bfloat16', '--warmup=0', '--repeats=1', '--json_out=%s' % out],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
   written = json.loads(out.read_text())
   assert written['environment']['jax_version'] and written['environment']['date']
   assert 'analytic' in written['flops_counted']
@@ -53,7 +59,7 @@ def test_official_step_is_skipped_with_its_reason_at_small_shapes(fake_official_
 
 def test_a_path_that_is_not_a_checkout_is_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match='lib/models/network.py'):
-    train_step.main(['--shapes=4x16', '--width=8', '--official_repo=%s' % tmp_path])
+    train_step.check_official_repo(str(tmp_path))
 
 
 def test_random_batch_has_labels_and_a_few_background_clicks_per_video():

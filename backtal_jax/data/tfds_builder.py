@@ -138,16 +138,21 @@ def build(config_name: str, manual_dir: str, data_dir: str) -> tfds.core.Dataset
   return builder
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_enum('config', 'thumos14', [c.name for c in CONFIGS], 'Dataset to build.')
+  flags.DEFINE_string('manual_dir', None, 'Directory holding <split>/*.npz.', required=True)
+  flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the dataset.')
+
+
 def main(argv):
   del argv
-  builder = build(flags.FLAGS.config, flags.FLAGS.manual_dir,
-                  os.path.expanduser(flags.FLAGS.data_dir))
+  builder = build(FLAGS.config, FLAGS.manual_dir, os.path.expanduser(FLAGS.data_dir))
   print(builder.info)
 
 
 if __name__ == '__main__':
-  # Defined here, not at import: a program importing this module may have its own --config.
-  flags.DEFINE_enum('config', 'thumos14', [c.name for c in CONFIGS], 'Dataset to build.')
-  flags.DEFINE_string('manual_dir', None, 'Directory holding <split>/*.npz.', required=True)
-  flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the dataset.')
+  define_flags()
   errors.run(main)
