@@ -5,14 +5,11 @@ it; the step is one `jax.jit` with explicit shardings and the state donated. Eva
 epoch goes through backtal_jax.evaluator.
 """
 
-import dataclasses
-import os
 import signal
 
 from absl import logging
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -30,6 +27,7 @@ from backtal_jax import progress
 from backtal_jax import reporting
 from backtal_jax import run_records
 from backtal_jax import sharding
+from backtal_jax import stop_signals
 from backtal_jax import train_state
 from backtal_jax import workdir_lock
 from backtal_jax.data import datasets
@@ -65,45 +63,6 @@ def jit_train_step(model, tx, config, mesh, state: TrainState, feed=None):
       in_shardings=(state_shardings, data),
       out_shardings=(state_shardings, sharding.replicated_sharding(mesh)),
       donate_argnums=0)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-@dataclasses.dataclass
-class Preemption:
-  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks at its sync points, so it can
-  save and stop cleanly; a second signal ends the process at once, without saving."""
-  requested: bool = False
-  signum: int = 0  # the first signal received
-
-  def __enter__(self):
-    self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if self.requested:
-      logging.warning('%s received again: stopping now, without saving.', name)
-      signal.signal(signum, signal.SIG_DFL)
-      os.kill(os.getpid(), signum)
-      return
-    logging.warning('%s received: saving a checkpoint within config.train.log_every_steps steps, '
-                    'then stopping (send it again to stop at once, without saving).', name)
-    self.requested, self.signum = True, signum
-
-  def __exit__(self, *exc):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process if `flag` is True on any: SIGTERM reaches hosts at different steps, and
-  a host that stopped alone would leave the others waiting in the next step's collectives."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 
 def mean_metrics(metrics: list[dict]) -> dict[str, float]:
@@ -182,7 +141,7 @@ def _train_loop(run: Run) -> TrainState:
   guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
   watch = finiteness.StepWatch()
   try:
-    with Preemption() as preemption:
+    with stop_signals.Preemption() as preemption:
       for step in range(first_step + 1, total_steps + 1):
         batch = next(loader)
         with jax.transfer_guard(guard):
@@ -206,7 +165,7 @@ def _train_loop(run: Run) -> TrainState:
           clock.evaluation_started(step)
           history = finish_epoch(run, state, loader.position, history)
           clock.evaluation_finished(step)
-        if sync_point and any_process(preemption.requested):
+        if sync_point and stop_signals.any_process(preemption.requested):
           if not end_of_epoch:
             run.checkpoints.save(state, {'position': loader.position.to_dict(),
                                          'history': history})

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from backtal_jax import sharding
+from backtal_jax import stop_signals
 from backtal_jax import train
 from backtal_jax import train_state
 from backtal_jax.data import pipeline
@@ -67,7 +68,8 @@ def run_steps(testbed: str, workdir: str) -> dict:
                                          run.data.test.ground_truth.class_names)
     run.checkpoints.close()
     run.writer.close()
-  return {'any_process': [train.any_process(jax.process_index() == 1), train.any_process(False)],
+  return {'any_process': [stop_signals.any_process(jax.process_index() == 1),
+                          stop_signals.any_process(False)],
           'losses': losses, 'indices': indices, 'detections': detections,
           'restored_step': int(restored.step), 'restored_position': record['position'],
           'restored_difference': largest_difference(restored.params, state.params)}

@@ -135,8 +135,8 @@ def test_ctrl_c_saves_stops_with_130_and_logs_the_resume_command(tmp_path):
 
 CHILD = """
 import os, signal, sys, time
-from backtal_jax import train
-with train.Preemption() as preemption:
+from backtal_jax import stop_signals
+with stop_signals.Preemption() as preemption:
   print('ready', flush=True)
   while not preemption.requested:
     time.sleep(0.01)

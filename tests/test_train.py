@@ -15,6 +15,7 @@ from backtal_jax import errors
 from backtal_jax import evaluation
 from backtal_jax import evaluator
 from backtal_jax import sharding
+from backtal_jax import stop_signals
 from backtal_jax import train
 from backtal_jax import train_state
 from backtal_jax.data import annotations
@@ -139,7 +140,7 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed, uninterrupte
 
 
 class PreemptedAfter:
-  """Stands in for train.Preemption: reports a SIGTERM from the `checks`-th look on. The loop looks
+  """Stands in for stop_signals.Preemption: reports a SIGTERM from the `checks`-th look on. The loop looks
   at its sync points only; in the debug config (3 steps an epoch, logging every 2) those are steps
   2, 3, 4 and 6, so checks=3 stops mid-epoch, at step 4."""
 
@@ -164,7 +165,7 @@ class PreemptedAfter:
 def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, uninterrupted,
                                                             monkeypatch):
   reference, _ = uninterrupted
-  monkeypatch.setattr(train, 'Preemption', lambda: PreemptedAfter(checks=3))
+  monkeypatch.setattr(stop_signals, 'Preemption', lambda: PreemptedAfter(checks=3))
   with pytest.raises(errors.Stopped) as stop:
     run(tmp_path, testbed, 'preempted')
   assert (stop.value.step, stop.value.exit_status) == (4, 128 + 15)
@@ -180,7 +181,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, 
 
 @pytest.mark.parametrize('signum', [15, 2])  # SIGTERM, SIGINT (Ctrl-C)
 def test_sigterm_and_ctrl_c_set_the_preemption_flag(signum):
-  with train.Preemption() as preemption:
+  with stop_signals.Preemption() as preemption:
     assert not preemption.requested
     os.kill(os.getpid(), signum)
     assert preemption.requested and preemption.signum == signum
