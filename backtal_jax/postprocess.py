@@ -29,9 +29,9 @@ def minmax_over_time(x_T: np.ndarray) -> np.ndarray:
   return (x_T - min_) / np.where(delta <= 0, 1, delta).astype(x_T.dtype)
 
 
-def minmax_normalize_cas(cas_TxC: np.ndarray) -> np.ndarray:
+def minmax_normalize_cas(cas_TxC1: np.ndarray) -> np.ndarray:
   """Per-class min-max normalisation over time."""
-  return minmax_over_time(np.asarray(cas_TxC, np.float32))
+  return minmax_over_time(np.asarray(cas_TxC1, np.float32))
 
 
 def feature_magnitudes(feature_TxH: np.ndarray) -> np.ndarray:
