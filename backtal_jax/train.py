@@ -25,6 +25,7 @@ from backtal_jax import losses
 from backtal_jax import metric_writer
 from backtal_jax import models
 from backtal_jax import optimizer
+from backtal_jax import phase_times
 from backtal_jax import preflight
 from backtal_jax import progress
 from backtal_jax import reporting
@@ -120,16 +121,21 @@ def check_finite(run: 'Run', state: TrainState, watch: finiteness.StepWatch) -> 
 class Run:
   """One training run's pieces, so that train_and_evaluate reads as the loop it is."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+               phases: phase_times.PhaseTimes):
     self.config = config
     self.workdir = workdir
     self.is_lead = jax.process_index() == 0
     self.mesh = mesh
-    preflight.check_config(config, mesh.size)
+    self.phases = phases
+    with phases('preflight'):
+      preflight.check_config(config, mesh.size)
     self.model = train_state.make_model(config)
     self.tx = optimizer.official_adam(config.train)
-    self.data = datasets.open_datasets(config, workdir)
-    preflight.check_data(config, datasets.features_root(config, workdir))
+    with phases('datasets'):
+      self.data = datasets.open_datasets(config, workdir)
+    with phases('preflight'):
+      preflight.check_data(config, datasets.features_root(config, workdir))
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
@@ -138,7 +144,8 @@ class Run:
 
   def close(self) -> None:
     """Waits for pending checkpoint writes, then releases the managers and the event file."""
-    self.checkpoints.wait_until_finished()
+    with self.phases('checkpoint'):
+      self.checkpoints.wait_until_finished()
     self.checkpoints.close()
     self.writer.close()
 
@@ -146,15 +153,20 @@ class Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains for config.train.num_epochs, evaluating and checkpointing each epoch; resumes from the
   latest checkpoint in `workdir`. Returns the final state; raises errors.Stopped after saving a
-  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock."""
+  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock. Writes where the time
+  went to WORKDIR/phases.json (phase_times)."""
   mesh = sharding.make_mesh()
   with (jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0),
-        run_records.recorded(config, workdir)):
-    run = Run(config, workdir, mesh)
+        run_records.recorded(config, workdir),
+        phase_times.PhaseTimes().counting_compilation() as phases):
+    with phases('setup'):
+      run = Run(config, workdir, mesh, phases)
     try:
       return _train_loop(run)
     finally:
       run.close()
+      if run.is_lead:
+        run_records.write_phases(workdir, phases.record())
 
 
 def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]:
@@ -169,8 +181,10 @@ def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]
 
 def _train_loop(run: Run) -> TrainState:
   config = run.config
-  state, position, history = _restore_or_init(run)
-  loader = run.data.train_feed(position, run.mesh)
+  with run.phases('setup'):
+    state, position, history = _restore_or_init(run)
+  with run.phases('input'):
+    loader = run.data.train_feed(position, run.mesh)
   step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state, loader)
   history = evaluate_pending_epoch(run, state, history)
   steps_per_epoch = loader.steps_per_epoch
@@ -182,9 +196,10 @@ def _train_loop(run: Run) -> TrainState:
   guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
   watch = finiteness.StepWatch()
   try:
-    with Preemption() as preemption:
+    with Preemption() as preemption, run.phases('train_steps'):
       for step in range(first_step + 1, total_steps + 1):
-        batch = next(loader)
+        with run.phases('input'):
+          batch = next(loader)
         with jax.transfer_guard(guard):
           state, metrics = step_fn(state, batch)
         watch.record(step, state, metrics['loss'], batch['index'])
@@ -213,7 +228,8 @@ def _train_loop(run: Run) -> TrainState:
           raise errors.Stopped(preemption.signum or signal.SIGTERM, step)
   finally:
     loader.close()
-  final_report(run, state, history)
+  with run.phases('final_outputs'):
+    final_report(run, state, history)
   return state
 
 
@@ -245,7 +261,9 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
   epoch = position.epoch
   due = epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs
   pending = {'pending_evaluation': epoch} if due else {}
-  run.checkpoints.save(state, {'position': position.to_dict(), 'history': {**history, **pending}})
+  with run.phases('checkpoint'):
+    run.checkpoints.save(state, {'position': position.to_dict(),
+                                 'history': {**history, **pending}})
   if not due:
     return history
   try:
@@ -256,16 +274,18 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
                   epoch, int(state.step))
     raise
   if is_best:
-    run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
-                         is_best=True)
+    with run.phases('checkpoint'):
+      run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
+                           is_best=True)
   return history
 
 
 def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
                    ) -> tuple[dict, bool]:
   """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
-  summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}',
-                                   plot_videos=run.config.eval.plot_videos)
+  with run.phases('evaluation'):
+    summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}',
+                                     plot_videos=run.config.eval.plot_videos)
   run.writer.write_scalars(int(state.step), {
       **{f'{run.data.selection.name}/mAP@{t:.2f}': m
          for t, m in zip(summary['tiou'], summary['mAP'])},
@@ -301,9 +321,10 @@ def final_report(run: Run, state: TrainState, history: dict) -> None:
   if history['best_epoch'] == 0:
     return
   best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
-  summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
-                                   plots=run.config.eval.num_plots,
-                                   plot_videos=run.config.eval.plot_videos)
+  with run.phases('final_evaluation'):
+    summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
+                                     plots=run.config.eval.num_plots,
+                                     plot_videos=run.config.eval.plot_videos)
   run.writer.write_images(int(state.step), {f'best_test/{name}': png for name, png in
                                             run.evaluator.plot_images('best_test').items()})
   run.evaluator.write_results(summary, best_epoch=history['best_epoch'],
