@@ -141,6 +141,7 @@ class Run:
                                              enabled=self.is_lead)
     self.writer.write_texts(0, {'config': run_records.config_markdown(config)})
     self.evaluator = evaluator.Evaluator(config, self.model, mesh, workdir)
+    self.best_test: tuple[int, evaluator.Scored] | None = None  # see final_test_summary
 
   def close(self) -> None:
     """Waits for pending checkpoint writes, then releases the managers and the event file."""
@@ -162,7 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with phases('setup'):
       run = Run(config, workdir, mesh, phases)
     try:
-      return _train_loop(run)
+      with phases('train_steps'):  # what the loop's own phases leave: the steps
+        return _train_loop(run)
     finally:
       run.close()
       if run.is_lead:
@@ -196,7 +198,7 @@ def _train_loop(run: Run) -> TrainState:
   guard = 'disallow' if config.train.debug_transfer_guard else 'allow'
   watch = finiteness.StepWatch()
   try:
-    with Preemption() as preemption, run.phases('train_steps'):
+    with Preemption() as preemption:
       for step in range(first_step + 1, total_steps + 1):
         with run.phases('input'):
           batch = next(loader)
@@ -283,9 +285,13 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
 def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
                    ) -> tuple[dict, bool]:
   """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
+  on_test = run.data.selection is run.data.test
   with run.phases('evaluation'):
-    summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}',
-                                     plot_videos=run.config.eval.plot_videos)
+    scored = run.evaluator.score(state.params, run.data.selection,
+                                 run.config.eval.num_plots if on_test else 0,
+                                 run.config.eval.plot_videos)
+    summary = run.evaluator.report(scored, run.data.selection, f'epoch_{epoch:03d}',
+                                   plot_videos=run.config.eval.plot_videos)
   run.writer.write_scalars(int(state.step), {
       **{f'{run.data.selection.name}/mAP@{t:.2f}': m
          for t, m in zip(summary['tiou'], summary['mAP'])},
@@ -294,6 +300,7 @@ def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
   is_best = summary['selection'] > history['best']
   if is_best:
     history = {'best': summary['selection'], 'best_epoch': epoch}
+    run.best_test = (epoch, scored) if on_test else None
   if run.is_lead:
     logging.info('%s', reporting.evaluation_line(
         summary, epoch=epoch, split=run.data.selection.name,
@@ -315,16 +322,29 @@ def evaluate_pending_epoch(run: Run, state: TrainState, history: dict) -> dict:
   return history
 
 
+def final_test_summary(run: Run, state: TrainState, best_epoch: int) -> dict:
+  """The best epoch on the test split, with its detections and plots as 'best_test'.
+
+  When the test split picks the best epoch (the official protocol) and this process scored that
+  epoch, that scoring is reported again instead of recomputed: the same parameters on the same
+  split give the same numbers, and it kept the plot inputs. Otherwise (held-out selection, or
+  a resumed run whose best epoch was scored before) `best/` is restored and evaluated."""
+  config = run.config
+  if run.best_test is not None and run.best_test[0] == best_epoch:
+    return run.evaluator.report(run.best_test[1], run.data.test, 'best_test',
+                                plots=config.eval.num_plots, plot_videos=config.eval.plot_videos)
+  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
+  return run.evaluator.evaluate(best_params, run.data.test, 'best_test',
+                                plots=config.eval.num_plots, plot_videos=config.eval.plot_videos)
+
+
 def final_report(run: Run, state: TrainState, history: dict) -> None:
   """The best checkpoint on the test split (and plots of a few test videos)."""
   run.checkpoints.wait_until_finished()
   if history['best_epoch'] == 0:
     return
-  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
   with run.phases('final_evaluation'):
-    summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
-                                     plots=run.config.eval.num_plots,
-                                     plot_videos=run.config.eval.plot_videos)
+    summary = final_test_summary(run, state, history['best_epoch'])
   run.writer.write_images(int(state.step), {f'best_test/{name}': png for name, png in
                                             run.evaluator.plot_images('best_test').items()})
   run.evaluator.write_results(summary, best_epoch=history['best_epoch'],

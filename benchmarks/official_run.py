@@ -36,30 +36,32 @@ count, and the seconds of its own phases.
       --out_dir=/tmp/official_out --result_json=/tmp/official.json
 """
 
-import argparse
 import importlib.util
 import json
 import os
 import sys
 import time
 
+from absl import app
+from absl import flags
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--repo', required=True, help='root of an official BackTAL checkout')
-  parser.add_argument('--features_root', required=True, help='folder holding val/ and test/')
-  parser.add_argument('--out_dir', required=True, help='where the official outputs go')
-  parser.add_argument('--result_json', required=True)
-  parser.add_argument('--epochs', type=int, default=40)
-  parser.add_argument('--feat_dim', type=int, default=128)
-  parser.add_argument('--hidden_dim', type=int, default=128)
-  parser.add_argument('--filter_dim', type=int, default=64)
-  parser.add_argument('--embed_hidden_dim', type=int, default=64)
-  parser.add_argument('--embed_dim', type=int, default=32)
-  parser.add_argument('--class_score_thresh', type=float, default=0.1)
-  parser.add_argument('--threads', type=int, default=0,
-                      help='torch.set_num_threads(N); 0 keeps tools/train.py\'s OMP_NUM_THREADS=1')
-  return parser.parse_args(argv)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('repo', None, 'Root of an official BackTAL checkout.', required=True)
+  flags.DEFINE_string('features_root', None, 'Folder holding val/ and test/.', required=True)
+  flags.DEFINE_string('out_dir', None, 'Where the official outputs go.', required=True)
+  flags.DEFINE_string('result_json', None, 'Write the mAP and phases here.', required=True)
+  flags.DEFINE_integer('epochs', 40, 'Training epochs (TRAIN.EPOCH_NUM, TEST.EVAL_INTERVAL).')
+  flags.DEFINE_integer('feat_dim', 128, 'Input width (NETWORK.FEAT_DIM).')
+  flags.DEFINE_integer('hidden_dim', 128, 'Base module width (official: 2048).')
+  flags.DEFINE_integer('filter_dim', 64, 'Filter module hidden width (official: 512).')
+  flags.DEFINE_integer('embed_hidden_dim', 64, 'Embedding module hidden width (official: 512).')
+  flags.DEFINE_integer('embed_dim', 32, 'Embedding width (official: 32).')
+  flags.DEFINE_float('class_score_thresh', 0.1, 'TEST.CLS_SCORE_TH.')
+  flags.DEFINE_integer('threads', 0, "torch.set_num_threads(N); 0 keeps tools/train.py's "
+                       'OMP_NUM_THREADS=1.')
 
 
 def import_official_train(repo: str):
@@ -108,8 +110,9 @@ def swap_widths(model, nn, args, num_classes: int) -> None:
   model.embedding_module.conv_2 = nn.Conv1d(args.embed_hidden_dim, args.embed_dim, 3, padding=1)
 
 
-def main(argv=None) -> None:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv) -> None:
+  del argv
+  args = FLAGS
   phases = {}
   started = time.perf_counter()
   official = import_official_train(args.repo)  # sets OMP_NUM_THREADS=1, imports torch and lib/
@@ -172,4 +175,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)

@@ -46,17 +46,19 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIOUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SIDES = ('official', 'backtal_jax')
 
-_OFFICIAL_REPO = flags.DEFINE_string('official_repo', None,
-                                     'Root of an official BackTAL checkout (lib/, tools/).')
-_JSON_OUT = flags.DEFINE_string('json_out', None, 'Write the result here.')
-_ROOT = flags.DEFINE_string('root', '', 'Scratch folder (testbed, workdirs); default: a new '
-                            'temporary folder.')
-_EPOCHS = flags.DEFINE_integer('epochs', 40, 'Training epochs of both runs.')
-_ORDER = flags.DEFINE_list('order', list(SIDES), 'Which side runs first.')
-_OFFICIAL_THREADS = flags.DEFINE_integer(
-    'official_threads', 0, "PyTorch threads of the official run; 0 keeps tools/train.py's "
-    'OMP_NUM_THREADS=1.')
-flags.mark_flags_as_required(['official_repo', 'json_out'])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('official_repo', None, 'Root of an official BackTAL checkout (lib/, tools/).',
+                      required=True)
+  flags.DEFINE_string('json_out', None, 'Write the result here.', required=True)
+  flags.DEFINE_string('root', '', 'Scratch folder: the testbed (reused when there) and a new '
+                      'folder of runs; default: a new temporary folder.')
+  flags.DEFINE_integer('epochs', 40, 'Training epochs of both runs.')
+  flags.DEFINE_list('order', list(SIDES), 'Which side runs first.')
+  flags.DEFINE_integer('official_threads', 0, "PyTorch threads of the official run; 0 keeps "
+                       "tools/train.py's OMP_NUM_THREADS=1.")
 
 
 def testbed_config():
@@ -71,10 +73,10 @@ def build_testbed(root: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(str(datasets.synthetic_root(config, str(root / 'unused_workdir'))))
 
 
-def official_command(testbed: pathlib.Path, root: pathlib.Path, epochs: int,
+def official_command(official_repo: str, testbed: pathlib.Path, root: pathlib.Path, epochs: int,
                      threads: int) -> list[str]:
   model = testbed_config().model
-  return [sys.executable, '-m', 'benchmarks.official_run', f'--repo={_OFFICIAL_REPO.value}',
+  return [sys.executable, '-m', 'benchmarks.official_run', f'--repo={official_repo}',
           f'--features_root={testbed}', f'--out_dir={root / "official"}',
           f'--result_json={root / "official.json"}', f'--epochs={epochs}',
           f'--feat_dim={model.feat_dim}', f'--hidden_dim={model.hidden_dim}',
@@ -154,22 +156,23 @@ def machine() -> dict:
           'host': platform.node()}
 
 
-def run(root: pathlib.Path, epochs: int, order: Sequence[str], threads: int) -> dict:
+def run(official_repo: str, root: pathlib.Path, epochs: int, order: Sequence[str],
+        threads: int) -> dict:
   """The testbed under `root` (reused if there), both runs in a new folder beside it."""
   date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
   load_before = os.getloadavg()
   testbed = build_testbed(root)
-  root = pathlib.Path(tempfile.mkdtemp(prefix='runs_', dir=root))
-  commands = {'official': official_command(testbed, root, epochs, threads),
-              'backtal_jax': backtal_jax_command(testbed, root, epochs)}
+  runs = pathlib.Path(tempfile.mkdtemp(prefix='runs_', dir=root))
+  commands = {'official': official_command(official_repo, testbed, runs, epochs, threads),
+              'backtal_jax': backtal_jax_command(testbed, runs, epochs)}
   readers = {'official': official_side, 'backtal_jax': backtal_jax_side}
   sides = {}
   for side in order:
-    row = timed(commands[side], root / f'{side}.log')
-    sides[side] = readers[side](row, root)
+    row = timed(commands[side], runs / f'{side}.log')
+    sides[side] = readers[side](row, runs)
     print(f'{side}: {row["wall_s"]:.1f} s (load {row["load_before"][0]:.2f} -> '
           f'{row["load_after"][0]:.2f})', flush=True)
-  return {'date': date, 'epochs': epochs, 'testbed': str(testbed), 'runs': str(root),
+  return {'date': date, 'epochs': epochs, 'testbed': str(testbed), 'runs': str(runs),
           'order': list(order), 'load_before': load_before, 'load_after': os.getloadavg(),
           'machine': machine(), 'versions': versions(),
           'ratio_official_over_backtal_jax':
@@ -179,18 +182,20 @@ def run(root: pathlib.Path, epochs: int, order: Sequence[str], threads: int) -> 
 
 def main(argv):
   del argv
-  if sorted(_ORDER.value) != sorted(SIDES):
-    raise app.UsageError(f'--order must name {SIDES} once each, got {_ORDER.value}')
-  if not (pathlib.Path(_OFFICIAL_REPO.value) / 'tools' / 'train.py').exists():
-    raise app.UsageError(f'--official_repo={_OFFICIAL_REPO.value}: no tools/train.py there; give '
+  if sorted(FLAGS.order) != sorted(SIDES):
+    raise app.UsageError(f'--order must name {SIDES} once each, got {FLAGS.order}')
+  if not (pathlib.Path(FLAGS.official_repo) / 'tools' / 'train.py').exists():
+    raise app.UsageError(f'--official_repo={FLAGS.official_repo}: no tools/train.py there; give '
                          'the root of a VividLe/BackTAL checkout')
-  root = pathlib.Path(_ROOT.value or tempfile.mkdtemp(prefix='side_by_side_')).resolve()
+  root = pathlib.Path(FLAGS.root or tempfile.mkdtemp(prefix='side_by_side_')).resolve()
   root.mkdir(parents=True, exist_ok=True)
-  result = run(root, _EPOCHS.value, _ORDER.value, _OFFICIAL_THREADS.value)
-  pathlib.Path(_JSON_OUT.value).write_text(json.dumps(result, indent=1) + '\n')
+  result = run(str(pathlib.Path(FLAGS.official_repo).resolve()), root, FLAGS.epochs, FLAGS.order,
+               FLAGS.official_threads)
+  pathlib.Path(FLAGS.json_out).write_text(json.dumps(result, indent=1) + '\n')
   print(f'official / backtal_jax = {result["ratio_official_over_backtal_jax"]:.2f}; '
-        f'written to {_JSON_OUT.value}')
+        f'written to {FLAGS.json_out}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
