@@ -122,19 +122,19 @@ class Run:
   """One training run's pieces, so that train_and_evaluate reads as the loop it is."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-               phases: phase_times.PhaseTimes):
+               phases: phase_times.PhaseTimes | None = None):
     self.config = config
     self.workdir = workdir
     self.is_lead = jax.process_index() == 0
     self.mesh = mesh
-    self.phases = phases
-    with phases('preflight'):
+    self.phases = phases or phase_times.PhaseTimes()
+    with self.phases('preflight'):
       preflight.check_config(config, mesh.size)
     self.model = train_state.make_model(config)
     self.tx = optimizer.official_adam(config.train)
-    with phases('datasets'):
+    with self.phases('datasets'):
       self.data = datasets.open_datasets(config, workdir)
-    with phases('preflight'):
+    with self.phases('preflight'):
       preflight.check_data(config, datasets.features_root(config, workdir))
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
