@@ -1,26 +1,27 @@
 """The official BackTAL code and backtal_jax, trained on the same files on this machine, in one go.
 
+  git clone https://github.com/VividLe/BackTAL /tmp/official && git -C /tmp/official checkout 17161fc
+  pip install -e '.[official]'  # PyTorch and what the official code imports
   python -m benchmarks.side_by_side --official_repo=/tmp/official --json_out=/tmp/side_by_side.json
 
 Builds the semi-synthetic THUMOS14 testbed once with backtal_jax's builder (configs/thumos.py:
 synthetic, under --root), then times, each in a fresh process started from here and as a new user
 runs it (no warm compilation cache; the testbed's files are read by both):
 
-- the official code (--official_repo: the root of a VividLe/BackTAL checkout at 17161fc, e.g.
-  `git archive` of it into a folder outside this repository): its tools/train.py flow for
-  --epochs epochs at the testbed's widths on the CPU, evaluated once at the end by its own
-  post-processing and ActivityNet evaluator (benchmarks/official_run.py, whose docstring lists
-  every runtime patch: `.cuda()` made a no-op, the hard-coded widths swapped for the testbed's,
-  config values, main()'s loop driven step by step);
+- the official code (--official_repo: the root of a VividLe/BackTAL checkout at 17161fc, outside
+  this repository): its tools/train.py flow for --epochs epochs at the testbed's widths on the CPU,
+  evaluated once at the end by its own post-processing and ActivityNet evaluator
+  (benchmarks/official_run.py, whose docstring lists every runtime patch: `.cuda()` made a no-op,
+  the hard-coded widths swapped for the testbed's, config values, main()'s loop driven step by
+  step);
 - backtal_jax: `python -m backtal_jax.main --config=configs/thumos.py:synthetic` (the README's main
   job) with the same epochs, evaluated only at the end (`config.eval.every_epochs` = epochs).
 
-Writes one JSON: the wall seconds of each process (start to exit), official / backtal_jax, both
-final mAP tables at tIoU 0.1:0.7 (and their average), backtal_jax's own phase split
-(WORKDIR/phases.json), Python, JAX, jaxlib, PyTorch and NumPy versions, nproc and the CPU model,
-the date, and the load average before and after each run. Runs in --order (official first by
-default). The official side needs PyTorch and what its code imports:
-`pip install -e '.[official]'`.
+Writes one JSON: the wall seconds of each process (start to exit) and official / backtal_jax, the
+CPU seconds (user, system) and page faults of each process tree, both final mAP tables at tIoU
+0.1:0.7 (and their average), each side's phase split (backtal_jax: WORKDIR/phases.json), Python,
+JAX, jaxlib, PyTorch and NumPy versions, nproc and the CPU model, the date, and the load average
+before and after each run. Runs in --order (official first by default).
 
 Smoke run (minutes): --epochs=2.
 """
@@ -31,6 +32,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -93,18 +95,25 @@ def backtal_jax_command(testbed: pathlib.Path, root: pathlib.Path, epochs: int) 
 
 
 def timed(command: list[str], log: pathlib.Path) -> dict:
-  """Runs `command` from the repository root, its output to `log`; wall time and load around it."""
+  """Runs `command` from the repository root, its output to `log`: wall time, the load average
+  around it, and the CPU seconds and page faults of the process and every child it waited for
+  (the official DataLoader's worker and evaluator's pool included), which the load sways less."""
   load_before = os.getloadavg()
+  usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
   started_unix, started = time.time(), time.perf_counter()
   with log.open('w') as out:
     status = subprocess.run(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                             check=False).returncode
   wall = time.perf_counter() - started
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
   if status:
     raise RuntimeError(f'{command[2]} exited with {status}; its output: {log}')
   return {'command': ' '.join(command), 'wall_s': wall, 'started_unix': started_unix,
           'ended_unix': started_unix + wall, 'load_before': load_before,
-          'load_after': os.getloadavg(), 'log': str(log)}
+          'load_after': os.getloadavg(),
+          'cpu_user_s': usage.ru_utime - usage_before.ru_utime,
+          'cpu_system_s': usage.ru_stime - usage_before.ru_stime,
+          'minor_page_faults': usage.ru_minflt - usage_before.ru_minflt, 'log': str(log)}
 
 
 def map_table(tiou: Sequence[float], map_per_tiou: Sequence[float]) -> dict:
