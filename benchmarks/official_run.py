@@ -28,6 +28,10 @@ Runtime patches, all made here and nowhere in the checkout:
    The loop body is main()'s, with its functions, in its order.
 5. --threads (optional) calls torch.set_num_threads after the import; by default PyTorch keeps
    the OMP_NUM_THREADS=1 that tools/train.py sets.
+6. `numpy.float`, removed in NumPy 1.24 and used by the official evaluator's
+   compute_average_precision_detection (its environment.yaml pins an older NumPy), is restored as
+   what it was, the builtin float, here and, through joblib's loky initializer, in the evaluator's
+   worker processes.
 
 Writes --result_json: the mAP per tIoU of the official evaluator, the torch version and thread
 count, and the seconds of its own phases.
@@ -74,6 +78,12 @@ def import_official_train(repo: str):
   return module
 
 
+def restore_numpy_float() -> None:
+  """Patch 6 (also the loky workers' initializer)."""
+  import numpy  # pylint: disable=g-import-not-at-top
+  numpy.float = float
+
+
 def patch_cuda(torch) -> None:
   """Patch 1: `.cuda()` on a tensor is the tensor (CPU run)."""
   torch.Tensor.cuda = lambda self, *args, **kwargs: self
@@ -118,10 +128,12 @@ def main(argv) -> None:
   official = import_official_train(args.repo)  # sets OMP_NUM_THREADS=1, imports torch and lib/
   import torch  # pylint: disable=g-import-not-at-top  (after train.py set OMP_NUM_THREADS)
   from torch import nn  # pylint: disable=g-import-not-at-top
+  import joblib  # pylint: disable=g-import-not-at-top  (the official evaluator's pool)
   cfg = official.cfg
   if args.threads:
     torch.set_num_threads(args.threads)
   patch_cuda(torch)
+  restore_numpy_float()
   phases['imports'] = time.perf_counter() - started
 
   mark = time.perf_counter()
@@ -158,7 +170,9 @@ def main(argv) -> None:
     if epoch % cfg.TEST.EVAL_INTERVAL == 0:
       mark = time.perf_counter()
       actions_json_file = official.evaluate(cfg, val_loader, model, epoch)
-      best_mAP, info, flag_best = official.post_process(cfg, actions_json_file, best_mAP, epoch)
+      with joblib.parallel_config(backend='loky', initializer=restore_numpy_float):
+        best_mAP, info, flag_best = official.post_process(cfg, actions_json_file, best_mAP,
+                                                          epoch)
       if flag_best:
         results = os.path.join(cfg.BASIC.ROOT_DIR, cfg.TEST.RESULT_DIR)
         official.save_best_record_txt(cfg, info, os.path.join(results, 'THUMOS14.txt'))
