@@ -340,7 +340,8 @@ def final_test_summary(run: Run, state: TrainState, best_epoch: int) -> dict:
 
 def final_report(run: Run, state: TrainState, history: dict) -> None:
   """The best checkpoint on the test split (and plots of a few test videos)."""
-  run.checkpoints.wait_until_finished()
+  with run.phases('checkpoint'):
+    run.checkpoints.wait_until_finished()
   if history['best_epoch'] == 0:
     return
   with run.phases('final_evaluation'):
