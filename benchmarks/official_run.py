@@ -184,8 +184,8 @@ def main(argv) -> None:
   with open(args.result_json, 'w') as f:
     json.dump({'tiou': [float(t) for t in cfg.TEST.IOU_TH],
                'mAP': [float(m) for m in map_per_tiou], 'average_mAP_0.1:0.9': float(average_map),
-               'epoch': info[0], 'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
-               'phase_seconds': phases}, f, indent=1)
+               'epoch': info[0], 'torch': torch.__version__,
+               'torch_threads': torch.get_num_threads(), 'phase_seconds': phases}, f, indent=1)
 
 
 if __name__ == '__main__':

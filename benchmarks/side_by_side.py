@@ -1,6 +1,7 @@
 """The official BackTAL code and backtal_jax, trained on the same files on this machine, in one go.
 
-  git clone https://github.com/VividLe/BackTAL /tmp/official && git -C /tmp/official checkout 17161fc
+  git clone https://github.com/VividLe/BackTAL /tmp/official
+  git -C /tmp/official checkout 17161fc
   pip install -e '.[official]'  # PyTorch and what the official code imports
   python -m benchmarks.side_by_side --official_repo=/tmp/official --json_out=/tmp/side_by_side.json
 

@@ -36,4 +36,5 @@ def test_keeps_other_tunables_and_a_users_own_value():
   assert run('glibc.malloc.arena_max=2')[-1].split(' ', 1)[1] == (
       "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1 ['an', 'argument']")
   lines = run('glibc.malloc.hugetlb=0')
-  assert len(lines) == 2 and lines[1].split(' ', 1)[1] == "glibc.malloc.hugetlb=0 ['an', 'argument']"
+  assert len(lines) == 2
+  assert lines[1].split(' ', 1)[1] == "glibc.malloc.hugetlb=0 ['an', 'argument']"
