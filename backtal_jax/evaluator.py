@@ -5,6 +5,7 @@ post-processing reads (CAS, softmaxed video scores, the feature norm); post-proc
 gathering of every process's detections and the mAP run on the host in NumPy.
 """
 
+import dataclasses
 import functools
 import json
 import time
@@ -103,6 +104,15 @@ def score_detections(detections: dict, split: datasets.EvalSplit,
   return summary
 
 
+@dataclasses.dataclass
+class Scored:
+  """One evaluation before anything is written: its summary, the detections and the plot inputs
+  of the videos `Evaluator.detect` kept."""
+  summary: dict
+  detections: dict[str, list]
+  kept: dict[str, dict[str, np.ndarray]]
+
+
 class Evaluator:
   """A model on a mesh, turned into detections, scores and the files a researcher reads."""
 
@@ -147,22 +157,37 @@ class Evaluator:
                plot_videos: Sequence[str] = ()) -> dict:
     """mAP of `params` on `split`; detections JSON under the workdir, and PNGs of `plots` videos
     and of those named in `plot_videos`. The caller logs the result (one line or a table)."""
+    return self.report(self.score(params, split, plots, plot_videos), split, tag, plots,
+                       plot_videos)
+
+  def score(self, params, split: datasets.EvalSplit, keep: int = 0,
+            plot_videos: Sequence[str] = ()) -> Scored:
+    """`params` on `split`, keeping the plot inputs of `keep` videos and of the named ones."""
     started = time.monotonic()
-    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, plots,
+    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, keep,
                                    plot_videos)
     summary = score_detections(detections, split, self.config)
     summary['seconds'] = time.monotonic() - started
+    return Scored(summary, detections, kept)
+
+  def report(self, scored: Scored, split: datasets.EvalSplit, tag: str, plots: int = 0,
+             plot_videos: Sequence[str] = ()) -> dict:
+    """Writes what `evaluate` writes for a scored evaluation; plots the named videos, and with
+    `plots` also the kept others (the score's `keep`)."""
     if self.is_lead:
       folder = epath.Path(self.workdir) / 'detections'
       folder.mkdir(parents=True, exist_ok=True)
-      files.write_json_atomically(folder / f'{tag}.json', reporting.detections_file(detections))
-      missing = sorted(set(plot_videos) - set(detections))
+      files.write_json_atomically(folder / f'{tag}.json',
+                                  reporting.detections_file(scored.detections))
+      missing = sorted(set(plot_videos) - set(scored.detections))
       if missing and plots:  # the final evaluation: named videos of no split end up here
         logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
                         split.name)
-      self.plot(epath.Path(self.workdir) / 'plots' / tag, kept, detections,
+      kept = scored.kept if plots else {
+          name: inputs for name, inputs in scored.kept.items() if name in plot_videos}
+      self.plot(epath.Path(self.workdir) / 'plots' / tag, kept, scored.detections,
                 split.ground_truth.class_names, split.ground_truth.videos)
-    return summary
+    return scored.summary
 
   def plot(self, folder: epath.PathLike, kept: dict, detections: dict, class_names: Sequence[str],
            videos: Mapping[str, annotations.Video]) -> None:

@@ -3,6 +3,9 @@
   python -m backtal_jax.main --config=configs/thumos.py:synthetic --workdir=/tmp/backtal
 """
 
+if __name__ == '__main__':  # before the imports below: it may re-execute the command
+  from backtal_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.use_huge_pages()
 
 from absl import app
 from absl import flags

@@ -7,8 +7,10 @@
   and restored);
 - `run.json`: the command, host, start time, versions of the libraries, the devices and the git
   commit of the code (when it is a git checkout);
-- `logs/`: one log file per invocation and process, the console's lines.
-Each invocation rewrites the first three; a resumed run with other settings shows the latest.
+- `logs/`: one log file per invocation and process, the console's lines;
+- `phases.json`: where this invocation's wall time went (backtal_jax/phase_times.py), at its end.
+Each invocation rewrites the first three and the last; a resumed run with other settings shows
+the latest.
 """
 
 import contextlib
@@ -133,6 +135,10 @@ def start_log_file(workdir: str) -> logging.Handler:
   handler.setLevel(logging.INFO)
   logging.getLogger().addHandler(handler)
   return handler
+
+
+def write_phases(workdir: str, record: dict) -> None:
+  files.write_json_atomically(epath.Path(workdir) / 'phases.json', record)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from backtal_jax import losses
 from backtal_jax import metric_writer
 from backtal_jax import models
 from backtal_jax import optimizer
+from backtal_jax import phase_times
 from backtal_jax import preflight
 from backtal_jax import progress
 from backtal_jax import reporting
@@ -79,25 +80,32 @@ def check_finite(run: 'Run', state: TrainState, watch: finiteness.StepWatch) -> 
 class Run:
   """One training run's pieces, so that train_and_evaluate reads as the loop it is."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+               phases: phase_times.PhaseTimes | None = None):
     self.config = config
     self.workdir = workdir
     self.is_lead = jax.process_index() == 0
     self.mesh = mesh
-    preflight.check_config(config, mesh.size)
+    self.phases = phases or phase_times.PhaseTimes()
+    with self.phases('preflight'):
+      preflight.check_config(config, mesh.size)
     self.model = train_state.make_model(config)
     self.tx = optimizer.official_adam(config.train)
-    self.data = datasets.open_datasets(config, workdir)
-    preflight.check_data(config, datasets.features_root(config, workdir))
+    with self.phases('datasets'):
+      self.data = datasets.open_datasets(config, workdir)
+    with self.phases('preflight'):
+      preflight.check_data(config, datasets.features_root(config, workdir))
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
     self.writer.write_texts(0, {'config': run_records.config_markdown(config)})
     self.evaluator = evaluator.Evaluator(config, self.model, mesh, workdir)
+    self.best_test: tuple[int, evaluator.Scored] | None = None  # see final_test_summary
 
   def close(self) -> None:
     """Waits for pending checkpoint writes, then releases the managers and the event file."""
-    self.checkpoints.wait_until_finished()
+    with self.phases('checkpoint'):
+      self.checkpoints.wait_until_finished()
     self.checkpoints.close()
     self.writer.close()
 
@@ -105,15 +113,21 @@ class Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains for config.train.num_epochs, evaluating and checkpointing each epoch; resumes from the
   latest checkpoint in `workdir`. Returns the final state; raises errors.Stopped after saving a
-  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock."""
+  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock. Writes where the time
+  went to WORKDIR/phases.json (phase_times)."""
   mesh = sharding.make_mesh()
   with (jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0),
-        run_records.recorded(config, workdir)):
-    run = Run(config, workdir, mesh)
+        run_records.recorded(config, workdir),
+        phase_times.PhaseTimes().counting_compilation() as phases):
+    with phases('setup'):
+      run = Run(config, workdir, mesh, phases)
     try:
-      return _train_loop(run)
+      with phases('train_steps'):  # what the loop's own phases leave: the steps
+        return _train_loop(run)
     finally:
       run.close()
+      if run.is_lead:
+        run_records.write_phases(workdir, phases.record())
 
 
 def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]:
@@ -128,8 +142,10 @@ def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]
 
 def _train_loop(run: Run) -> TrainState:
   config = run.config
-  state, position, history = _restore_or_init(run)
-  loader = run.data.train_feed(position, run.mesh)
+  with run.phases('setup'):
+    state, position, history = _restore_or_init(run)
+  with run.phases('input'):
+    loader = run.data.train_feed(position, run.mesh)
   step_fn = jit_train_step(run.model, run.tx, config, run.mesh, state, loader)
   history = evaluate_pending_epoch(run, state, history)
   steps_per_epoch = loader.steps_per_epoch
@@ -143,7 +159,8 @@ def _train_loop(run: Run) -> TrainState:
   try:
     with stop_signals.Preemption() as preemption:
       for step in range(first_step + 1, total_steps + 1):
-        batch = next(loader)
+        with run.phases('input'):
+          batch = next(loader)
         with jax.transfer_guard(guard):
           state, metrics = step_fn(state, batch)
         watch.record(step, state, metrics['loss'], batch['index'])
@@ -172,7 +189,8 @@ def _train_loop(run: Run) -> TrainState:
           raise errors.Stopped(preemption.signum or signal.SIGTERM, step)
   finally:
     loader.close()
-  final_report(run, state, history)
+  with run.phases('final_outputs'):
+    final_report(run, state, history)
   return state
 
 
@@ -204,7 +222,9 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
   epoch = position.epoch
   due = epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs
   pending = {'pending_evaluation': epoch} if due else {}
-  run.checkpoints.save(state, {'position': position.to_dict(), 'history': {**history, **pending}})
+  with run.phases('checkpoint'):
+    run.checkpoints.save(state, {'position': position.to_dict(),
+                                 'history': {**history, **pending}})
   if not due:
     return history
   try:
@@ -215,15 +235,21 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
                   epoch, int(state.step))
     raise
   if is_best:
-    run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
-                         is_best=True)
+    with run.phases('checkpoint'):
+      run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
+                           is_best=True)
   return history
 
 
 def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
                    ) -> tuple[dict, bool]:
   """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
-  summary = run.evaluator.evaluate(state.params, run.data.selection, f'epoch_{epoch:03d}',
+  on_test = run.data.selection is run.data.test
+  with run.phases('evaluation'):
+    scored = run.evaluator.score(state.params, run.data.selection,
+                                 run.config.eval.num_plots if on_test else 0,
+                                 run.config.eval.plot_videos)
+    summary = run.evaluator.report(scored, run.data.selection, f'epoch_{epoch:03d}',
                                    plot_videos=run.config.eval.plot_videos)
   run.writer.write_scalars(int(state.step), {
       **{f'{run.data.selection.name}/mAP@{t:.2f}': m
@@ -233,6 +259,7 @@ def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
   is_best = summary['selection'] > history['best']
   if is_best:
     history = {'best': summary['selection'], 'best_epoch': epoch}
+    run.best_test = (epoch, scored) if on_test else None
   if run.is_lead:
     logging.info('%s', reporting.evaluation_line(
         summary, epoch=epoch, split=run.data.selection.name,
@@ -254,15 +281,30 @@ def evaluate_pending_epoch(run: Run, state: TrainState, history: dict) -> dict:
   return history
 
 
+def final_test_summary(run: Run, state: TrainState, best_epoch: int) -> dict:
+  """The best epoch on the test split, with its detections and plots as 'best_test'.
+
+  When the test split picks the best epoch (the official protocol) and this process scored that
+  epoch, that scoring is reported again instead of recomputed: the same parameters on the same
+  split give the same numbers, and it kept the plot inputs. Otherwise (held-out selection, or
+  a resumed run whose best epoch was scored before) `best/` is restored and evaluated."""
+  config = run.config
+  if run.best_test is not None and run.best_test[0] == best_epoch:
+    return run.evaluator.report(run.best_test[1], run.data.test, 'best_test',
+                                plots=config.eval.num_plots, plot_videos=config.eval.plot_videos)
+  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
+  return run.evaluator.evaluate(best_params, run.data.test, 'best_test',
+                                plots=config.eval.num_plots, plot_videos=config.eval.plot_videos)
+
+
 def final_report(run: Run, state: TrainState, history: dict) -> None:
   """The best checkpoint on the test split (and plots of a few test videos)."""
-  run.checkpoints.wait_until_finished()
+  with run.phases('checkpoint'):
+    run.checkpoints.wait_until_finished()
   if history['best_epoch'] == 0:
     return
-  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
-  summary = run.evaluator.evaluate(best_params, run.data.test, 'best_test',
-                                   plots=run.config.eval.num_plots,
-                                   plot_videos=run.config.eval.plot_videos)
+  with run.phases('final_evaluation'):
+    summary = final_test_summary(run, state, history['best_epoch'])
   run.writer.write_images(int(state.step), {f'best_test/{name}': png for name, png in
                                             run.evaluator.plot_images('best_test').items()})
   run.evaluator.write_results(summary, best_epoch=history['best_epoch'],

@@ -74,6 +74,11 @@ def test_run_records(trained):
   logged = log.read_text()
   assert 'Run records' in logged and 'new best' in logged and 'tIoU  mAP (%)' in logged
   assert set(logged.splitlines()) <= set(console.splitlines())
+  phases = json.loads((workdir / 'phases.json').read_text())
+  assert {'setup', 'datasets', 'preflight', 'input', 'train_steps', 'checkpoint', 'evaluation',
+          'final_evaluation', 'final_outputs'} <= set(phases['seconds'])
+  assert sum(phases['seconds'].values()) <= phases['ended_unix'] - phases['started_unix'] + 0.01
+  assert phases['compile_seconds']['train_steps'] > 0  # the step compiles at its first call
 
 
 @pytest.mark.slow

@@ -71,6 +71,8 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
   for name in ('epoch_001', 'epoch_002', 'best_test'):
     detections = json.loads((workdir / 'detections' / f'{name}.json').read_text())
     assert len(detections['results']) == 8  # every test video of the debug testbed
+  best = (workdir / 'detections' / f'epoch_{results["best_epoch"]:03d}.json').read_text()
+  assert (workdir / 'detections' / 'best_test.json').read_text() == best  # the same model
   assert list((workdir / 'plots' / 'best_test').glob('*.png'))
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params_of(state)))
