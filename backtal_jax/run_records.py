@@ -23,7 +23,7 @@ import pathlib
 import socket
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from absl import logging as absl_logging
 from etils import epath
@@ -84,9 +84,10 @@ def config_markdown(config: ml_collections.ConfigDict) -> str:
   return f'```\n{config}\n```'
 
 
-def versions() -> dict[str, str]:
+def versions(libraries: Sequence[str] = LIBRARIES) -> dict[str, str]:
+  """Python's version and each installed library's ('not installed' for the others)."""
   found = {'python': sys.version.split()[0]}
-  for name in LIBRARIES:
+  for name in libraries:
     try:
       found[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

@@ -28,7 +28,6 @@ Smoke run (minutes): --epochs=2.
 """
 
 import datetime
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -43,11 +42,15 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from backtal_jax import run_records
+from backtal_jax.data import datasets
+from benchmarks import affinity_kernel
 from configs import thumos
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIOUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SIDES = ('official', 'backtal_jax')
+SIDE_LIBRARIES = ('jax', 'jaxlib', 'torch', 'numpy')  # the versions the JSON records
 
 FLAGS = flags.FLAGS
 
@@ -70,7 +73,6 @@ def testbed_config():
 
 def build_testbed(root: pathlib.Path) -> pathlib.Path:
   """The testbed under root/testbed, built by backtal_jax's own path (once, with its marker)."""
-  from backtal_jax.data import datasets  # pylint: disable=g-import-not-at-top  (imports JAX)
   config = testbed_config()
   config.data.features_root = str(root / 'testbed')
   return pathlib.Path(str(datasets.synthetic_root(config, str(root / 'unused_workdir'))))
@@ -144,26 +146,9 @@ def backtal_jax_side(row: dict, root: pathlib.Path) -> dict:
           'compile_seconds_by_phase': phases['compile_seconds']}
 
 
-def versions() -> dict:
-  found = {'python': platform.python_version()}
-  for name in ('jax', 'jaxlib', 'torch', 'numpy'):
-    try:
-      found[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      found[name] = 'not installed'
-  return found
-
-
-def cpu_model() -> str:
-  for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-    if line.startswith('model name'):
-      return line.split(':', 1)[1].strip()
-  return platform.processor()
-
-
 def machine() -> dict:
-  return {'nproc': os.cpu_count(), 'cpu_model': cpu_model(), 'platform': platform.platform(),
-          'host': platform.node()}
+  return {'nproc': os.cpu_count(), 'cpu_model': affinity_kernel.cpu_model(),
+          'platform': platform.platform(), 'host': platform.node()}
 
 
 def run(official_repo: str, root: pathlib.Path, epochs: int, order: Sequence[str],
@@ -184,7 +169,7 @@ def run(official_repo: str, root: pathlib.Path, epochs: int, order: Sequence[str
           f'{row["load_after"][0]:.2f})', flush=True)
   return {'date': date, 'epochs': epochs, 'testbed': str(testbed), 'runs': str(runs),
           'order': list(order), 'load_before': load_before, 'load_after': os.getloadavg(),
-          'machine': machine(), 'versions': versions(),
+          'machine': machine(), 'versions': run_records.versions(SIDE_LIBRARIES),
           'ratio_official_over_backtal_jax':
               sides['official']['wall_s'] / sides['backtal_jax']['wall_s'],
           **sides}
