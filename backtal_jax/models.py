@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from backtal_jax import affinity
+from backtal_jax import sharding
 
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
@@ -131,24 +132,57 @@ class BaseModule(nn.Module):
                deterministic: bool) -> list[tuple[jax.Array, jax.Array]]:
     conv = functools.partial(AffinityConv, self.hidden_dim, self.semantics, self.dtype)
     num_passes = len(passes_x_BxTxF)
-    # Passes interleaved per video ([B, P] -> [B * P]), so each device keeps its own rows.
-    x_BPxTxF = merge_passes(jnp.stack(passes_x_BxTxF, axis=1))
-    similarity_BPxTx3 = merge_passes(jnp.stack([similarity_BxTx3] * num_passes, axis=1))
-    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_BPxTxF, similarity_BPxTx3))
-    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_BPxTx3))
-    feature_1_BxPxTxH = split_passes(feature_1, num_passes)
-    feature_2_BxPxTxH = split_passes(feature_2, num_passes)
+    x_PBxTxF = merge_passes(passes_x_BxTxF)
+    similarity_PBxTx3 = merge_passes([similarity_BxTx3] * num_passes)
+    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_PBxTxF, similarity_PBxTx3))
+    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_PBxTx3))
     dropout = Dropout(self.dropout_rate)
-    return [(feature_1_BxPxTxH[:, p], dropout(feature_2_BxPxTxH[:, p], deterministic=deterministic))
-            for p in range(num_passes)]
+    return [(feature_1_BxTxH, dropout(feature_2_BxTxH, deterministic=deterministic))
+            for feature_1_BxTxH, feature_2_BxTxH in zip(split_passes(feature_1, num_passes),
+                                                        split_passes(feature_2, num_passes))]
 
 
-def merge_passes(x_BxPx___):
+def merge_passes(passes_Bx___: Sequence[jax.Array]) -> jax.Array:
+  """The passes' batches as one batch in which each device keeps its own rows.
+
+  Row order per platform: on TPUs each device's rows of one pass are a whole block, since the
+  per-video order costs the TPU compiler copies through a [B, P, T, F] layout (about 14% of the
+  step's estimated cycles, benchmarks/RESULTS.md); elsewhere per video, the order that every
+  published CPU number was trained with (the weight gradients sum the rows in this order).
+  """
+  return jax.lax.platform_dependent(*passes_Bx___, default=_merge_per_video,
+                                    tpu=_merge_per_device_block)
+
+
+def split_passes(x_PBx___: jax.Array, num_passes: int) -> list[jax.Array]:
+  """The inverse of merge_passes: one [B, ...] array per pass."""
+  return jax.lax.platform_dependent(
+      x_PBx___, default=functools.partial(_split_per_video, num_passes=num_passes),
+      tpu=functools.partial(_split_per_device_block, num_passes=num_passes))
+
+
+def _merge_per_video(*passes_Bx___):
+  x_BxPx___ = jnp.stack(passes_Bx___, axis=1)
   return x_BxPx___.reshape((-1,) + x_BxPx___.shape[2:])
 
 
-def split_passes(x_BPx___, num_passes: int):
-  return x_BPx___.reshape((-1, num_passes) + x_BPx___.shape[1:])
+def _split_per_video(x_BPx___, num_passes):
+  x_BxPx___ = x_BPx___.reshape((-1, num_passes) + x_BPx___.shape[1:])
+  return [x_BxPx___[:, p] for p in range(num_passes)]
+
+
+def _merge_per_device_block(*passes_Bx___):
+  shards = sharding.batch_shards(passes_Bx___[0])
+  blocks = [sharding.reshape_rows(x, (shards, -1) + x.shape[1:]) for x in passes_Bx___]
+  merged = jnp.concatenate(blocks, axis=1)
+  return sharding.reshape_rows(merged, (-1,) + merged.shape[2:])
+
+
+def _split_per_device_block(x_PBx___, num_passes):
+  shards = sharding.batch_shards(x_PBx___)
+  blocks = sharding.reshape_rows(x_PBx___, (shards, num_passes, -1) + x_PBx___.shape[1:])
+  return [sharding.reshape_rows(blocks[:, p], (-1,) + x_PBx___.shape[1:])
+          for p in range(num_passes)]
 
 
 class ClassifierModule(nn.Module):

@@ -1,12 +1,14 @@
-"""The base module's two passes as one call (same outputs and dropout draws as two calls), and
-what model.dtype='bfloat16' computes in bfloat16."""
+"""The base module's two passes as one call (same outputs and dropout draws as two calls, each
+device keeping its own rows), and what model.dtype='bfloat16' computes in bfloat16."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from backtal_jax import models
+from backtal_jax import sharding
 
 
 class BasePasses(nn.Module):
@@ -37,6 +39,38 @@ def test_passes_in_one_call_equal_one_call_each_with_the_same_dropout():
     np.testing.assert_array_equal(dropped_a, dropped_b)
     assert 0.3 < (np.asarray(dropped_a) == 0).mean() < 0.7  # dropout did draw, per pass
   assert not np.array_equal(outputs[True][0][1] == 0, outputs[True][1][1] == 0)  # two draws
+
+
+@pytest.mark.parametrize('order', ['per_video', 'per_device_block'])
+@pytest.mark.parametrize('num_devices', [1, 4])
+def test_merged_passes_stay_on_each_devices_rows(num_devices, order):
+  merge = getattr(models, f'_merge_{order}')
+  split = getattr(models, f'_split_{order}')
+  mesh = sharding.make_mesh(jax.devices()[:num_devices])
+  rows = 2 * mesh.size
+  passes = [np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1000 * p for p in range(2)]
+  with jax.set_mesh(mesh):
+    placed = [jax.device_put(x, sharding.batch_sharding(mesh)) for x in passes]
+    merged = jax.jit(merge)(*placed)
+    hlo = jax.jit(merge).lower(*placed).compile().as_text()
+    back = jax.jit(lambda x: split(x, 2))(merged)
+  assert merged.sharding.spec[0] == 'data'
+  for shard in merged.addressable_shards:  # device d: only its own rows of both passes
+    own = [next(s.data for s in x.addressable_shards if s.device == shard.device) for x in placed]
+    expected = np.concatenate(own) if order == 'per_device_block' else np.stack(own, 1)
+    np.testing.assert_array_equal(shard.data, expected.reshape(shard.data.shape))
+  for name in ('all-to-all', 'collective-permute', 'all-gather'):
+    assert name not in hlo
+  for x, x_back in zip(passes, back):
+    assert x_back.sharding.spec[0] == 'data'  # what the losses' vmaps over rows expect
+    np.testing.assert_array_equal(x_back, x)
+
+
+def test_the_cpu_merges_per_video():
+  passes = [np.full((2, 3), p, np.float32) for p in range(2)]
+  np.testing.assert_array_equal(models.merge_passes(passes)[:, 0], [0, 1, 0, 1])
+  for p, x in enumerate(models.split_passes(models.merge_passes(passes), 2)):
+    np.testing.assert_array_equal(x, passes[p])
 
 
 def test_bfloat16_computes_the_base_module_only_in_bfloat16():
