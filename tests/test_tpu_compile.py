@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
                                 reason="libtpu is not installed (pip install 'jax[tpu]')")
 
 
-def test_debug_step_compiles_for_a_v5e_slice_fits_and_uses_convolutions():
+def test_debug_step_compiles_for_a_v5e_slice_fits_and_uses_the_tpu_formulations():
   devices = tpu_compile.topology_devices('v5e:2x2')
   assert len(devices) == 4 and devices[0].platform == 'tpu'
   compiled = tpu_compile.compile_train_step(tpu_compile.dataset_config('debug', ()), devices)
@@ -25,6 +25,10 @@ def test_debug_step_compiles_for_a_v5e_slice_fits_and_uses_convolutions():
   affinity_convolutions = [line for line in compiled.as_text().splitlines()
                            if 'affinity_conv' in line and 'conv_general_dilated' in line]
   assert affinity_convolutions  # 'official' affinity lowered per platform: convolutions on TPUs
+  merge_ops = [line.split('op_name="')[1].split('"')[0] for line in compiled.as_text().splitlines()
+               if 'base_module/' in line and 'op_name="' in line]
+  assert any('/concatenate' in name for name in merge_ops)  # passes merged per device block
+  assert not any('/stack' in name for name in merge_ops)  # not per video
 
 
 def test_accelerator_types_name_known_slices():
