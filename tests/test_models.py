@@ -1,5 +1,6 @@
 """The base module's two passes as one call (same outputs and dropout draws as two calls, each
-device keeping its own rows), and what model.dtype='bfloat16' computes in bfloat16."""
+device keeping its own rows), the top-k score's gradient, and what model.dtype='bfloat16' computes
+in bfloat16."""
 
 import flax.linen as nn
 import jax
@@ -71,6 +72,22 @@ def test_the_cpu_merges_per_video():
   np.testing.assert_array_equal(models.merge_passes(passes)[:, 0], [0, 1, 0, 1])
   for p, x in enumerate(models.split_passes(models.merge_passes(passes), 2)):
     np.testing.assert_array_equal(x, passes[p])
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_tpus_topk_score_gradient_is_autodiffs_of_top_k_bit_for_bit(dtype):
+  cas = jax.random.normal(jax.random.key(0), (3, 40, 5), dtype).at[0, :6, 0].set(1)  # with ties
+  weights = jax.random.normal(jax.random.key(1), (3, 5))
+
+  def autodiff_of_top_k(x, k):
+    return jnp.mean(jax.lax.top_k(jnp.swapaxes(x, 1, 2), k)[0], axis=-1)
+
+  for k in (1, 5, 40):
+    grads = [jax.grad(lambda x: (score(x, k).astype('float32') * weights).sum())(cas)
+             for score in (models._topk_mean_dense_grad, autodiff_of_top_k)]
+    assert grads[0].dtype == cas.dtype
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert int((grads[0] != 0).sum()) == 3 * 5 * k  # k positions per video and class
 
 
 def test_bfloat16_computes_the_base_module_only_in_bfloat16():
