@@ -29,3 +29,31 @@ letter means one thing in every file (`per_class_AP` and the annotators A1-A3 ar
   U: tIoU thresholds
   X: any width, in helpers that take one
 """
+
+import importlib
+
+# The public API, importable from the package itself; the modules behind it are internal and may
+# move. Loaded on first use, so that `python -m backtal_jax.main` can set up the process (huge
+# pages) before JAX is imported, and `backtal_jax.evaluate` never imports JAX.
+_PUBLIC = {
+    'BackTAL': 'backtal_jax.model.network',
+    'backtal_loss': 'backtal_jax.model.losses',
+    'params_from_torch': 'backtal_jax.model.official_weights',
+    'load_official_checkpoint': 'backtal_jax.model.official_weights',
+    'detect_video': 'backtal_jax.evaluation.postprocess',
+    'detection_map': 'backtal_jax.evaluation.mean_ap',
+    'Predictor': 'backtal_jax.run.predictor',
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+  if name not in _PUBLIC:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(_PUBLIC[name]), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(list(globals()) + __all__)

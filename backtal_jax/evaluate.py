@@ -14,15 +14,17 @@ and the AP of every class.
 import collections
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any
+from typing import Mapping
+from typing import Sequence
 
 from absl import app
 from absl import flags
 
-from backtal_jax import errors
-from backtal_jax import evaluation
-from backtal_jax import files
-from backtal_jax import reporting
+from backtal_jax.core import errors
+from backtal_jax.core import files
+from backtal_jax.evaluation import mean_ap
+from backtal_jax.reporting import evaluation_report
 
 FLAGS = flags.FLAGS
 
@@ -31,7 +33,7 @@ def define_flags() -> None:
   flags.DEFINE_string('ground_truth', None, 'Ground-truth JSON (ActivityNet format).')
   flags.DEFINE_string('predictions', None, 'Detections JSON (ActivityNet results).')
   flags.DEFINE_string('subset', None, "Ground-truth subset, e.g. 'test' or 'validation'.")
-  flags.DEFINE_list('tiou', [str(t) for t in reporting.DEFAULT_TIOU], 'tIoU thresholds.')
+  flags.DEFINE_list('tiou', [str(t) for t in evaluation_report.DEFAULT_TIOU], 'tIoU thresholds.')
   flags.DEFINE_string('output_json', '', 'If set, the summary is also written here.')
   flags.DEFINE_bool('per_class', False, 'Also print the AP of each class.')
   flags.mark_flags_as_required(['ground_truth', 'predictions', 'subset'])
@@ -70,18 +72,18 @@ def counts(ground_truth: Mapping[str, Any], predictions: Mapping[str, Any],
   }
 
 
-def evaluate(ground_truth: evaluation.JsonSource, predictions: evaluation.JsonSource, subset: str,
+def evaluate(ground_truth: mean_ap.JsonSource, predictions: mean_ap.JsonSource, subset: str,
              thresholds: Sequence[float]) -> dict[str, Any]:
   """The summary written as JSON: settings, mAP per tIoU, the quoted averages, the AP of every
   class and the counts."""
-  ap_UxC, class_names = evaluation.average_precision_per_class(
+  ap_UxC, class_names = mean_ap.average_precision_per_class(
       ground_truth, predictions, subset=subset, tiou_thresholds=thresholds)
   summary = {'ground_truth': ground_truth, 'predictions': predictions, 'subset': subset,
-             **reporting.summarize(ap_UxC.mean(axis=1), thresholds),
+             **evaluation_report.summarize(ap_UxC.mean(axis=1), thresholds),
              'per_class_AP': {c: [float(a) for a in ap_U] for c, ap_U in zip(class_names,
                                                                                ap_UxC.T)}}
-  summary.update(counts(evaluation.load_json(ground_truth, 'ground truth')[0],
-                        evaluation.load_json(predictions, 'predictions')[0], subset))
+  summary.update(counts(mean_ap.load_json(ground_truth, 'ground truth')[0],
+                        mean_ap.load_json(predictions, 'predictions')[0], subset))
   return summary
 
 
@@ -113,10 +115,10 @@ def main(argv: Sequence[str]) -> None:
                      parse_thresholds(FLAGS.tiou))
   for warning in unscored_warnings(summary):
     print(warning, file=sys.stderr)
-  print(reporting.format_counts(summary))
-  print(reporting.format_table(summary))
+  print(evaluation_report.format_counts(summary))
+  print(evaluation_report.format_table(summary))
   if FLAGS.per_class:
-    print(reporting.format_per_class(summary))
+    print(evaluation_report.format_per_class(summary))
   if FLAGS.output_json:
     files.write_json_atomically(FLAGS.output_json, summary)
 

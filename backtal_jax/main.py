@@ -4,7 +4,7 @@
 """
 
 if __name__ == '__main__':  # before the imports below: it may re-execute the command
-  from backtal_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from backtal_jax.run import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.use_huge_pages()
 
 from absl import app
@@ -13,10 +13,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from backtal_jax import errors
-from backtal_jax import evaluator
-from backtal_jax import logs
-from backtal_jax import train
+from backtal_jax.core import errors
+from backtal_jax.reporting import logs
+from backtal_jax.run import evaluate_only
+from backtal_jax.run import train
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +40,7 @@ def main(argv):
   logging.info('JAX process %d of %d; %d local devices of %d: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   if FLAGS.config.eval.only:
-    evaluator.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    evaluate_only.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
   else:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -12,10 +12,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from backtal_jax import errors
-from backtal_jax import logs
-from backtal_jax import predictor
-from backtal_jax import reporting
+from backtal_jax.core import errors
+from backtal_jax.reporting import evaluation_report
+from backtal_jax.reporting import logs
+from backtal_jax.run import predictor
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +50,7 @@ def main(argv):
       num_plots=FLAGS.num_plots, ground_truth=FLAGS.ground_truth, subset=FLAGS.subset,
       metadata_csv=FLAGS.metadata_csv, duration=FLAGS.duration, fps=FLAGS.fps)
   if summary is not None:
-    print(reporting.format_table(summary))
+    print(evaluation_report.format_table(summary))
 
 
 if __name__ == '__main__':

@@ -1,11 +1,11 @@
 """Microbenchmark of the affinity convolution against a dense matmul of equal FLOPs.
 
 Every formulation (the naive unfold-and-tile one mirroring the official code, the fast one of
-backtal_jax.affinity, and the alternatives below) is first checked against the naive one on fresh
-random inputs at the precision being timed; a formulation outside that precision's tolerance is
-reported as rejected, never timed. Then each is timed forward and forward+backward (gradients with
-respect to x, similarity and kernel) and compared with a dense [B*T, 3I] x [3I, O] matmul measured
-in the same run at the same precision.
+backtal_jax.model.affinity, and the alternatives below) is first checked against the naive one on
+fresh random inputs at the precision being timed; a formulation outside that precision's tolerance
+is reported as rejected, never timed. Then each is timed forward and forward+backward (gradients
+with respect to x, similarity and kernel) and compared with a dense [B*T, 3I] x [3I, O] matmul
+measured in the same run at the same precision.
 
 GPU (full shapes, all datasets):
   python -m benchmarks.affinity_kernel --json_out=affinity_gpu.json
@@ -21,7 +21,9 @@ import statistics
 import sys
 import time
 import types
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backtal_jax import affinity
+from backtal_jax.model import affinity as affinity_lib
 
 DATASET_SHAPES = {'thumos14': (16, 750), 'activitynet12': (128, 100), 'hacs': (64, 200)}
 MODES = ('forward', 'forward_backward')
@@ -41,7 +43,7 @@ PRECISIONS = {
 # Relative Frobenius error against the naive formulation evaluated in float32 at HIGHEST on the same
 # (already cast) inputs. tf32 rounds the operands to 10 mantissa bits (~5e-4); in bfloat16 the
 # naive formulation itself is 8e-3 off in its gradients at I=256 on the CPU (outputs and sums
-# rounded to 8 bits); a semantics mistake is of order 1 (official vs paper: 1.1).
+# rounded to 8 bits); an affinity mistake is of order 1 (official vs paper: 1.1).
 TOLERANCE = {'highest': 1e-5, 'default': 5e-3, 'bfloat16': 3e-2}
 SMALL_WIDTH = 256
 SMALL_BATCH_DIVISOR = 4
@@ -55,69 +57,70 @@ def tap_group_ranges(channels: int, tap: int) -> list[tuple[int, int, int]]:
   Along the channels of a fixed tap k the group floor((3c + k) / I) never decreases, so each group
   owns one contiguous range and the scale of the shifted input is a concatenation of broadcasts.
   """
-  group_I = (np.arange(channels) * affinity.KERNEL_SIZE + tap) // channels
+  group_I = (np.arange(channels) * affinity_lib.KERNEL_SIZE + tap) // channels
   ranges = []
-  for g in range(affinity.KERNEL_SIZE):
+  for g in range(affinity_lib.KERNEL_SIZE):
     first, end = np.searchsorted(group_I, [g, g + 1])
     if end > first:
       ranges.append((g, int(first), int(end)))
   return ranges
 
 
-def scaled_taps(x_TxI, similarity_Tx3, semantics):
+def scaled_taps(x_TxI, similarity_Tx3, affinity):
   """The three shifted inputs, each scaled by its similarity at the output frame t: [T, I] each.
 
   The similarity is taken at the output frame t, i.e. at the row of the unfolded input, so scaling
-  before the product is exact for both semantics.
+  before the product is exact for both forms.
   """
   length, channels = x_TxI.shape
   taps = []
-  for k in range(affinity.KERNEL_SIZE):
-    if semantics == 'paper':
+  for k in range(affinity_lib.KERNEL_SIZE):
+    if affinity == 'paper':
       scale_TxI = similarity_Tx3[:, k:k + 1]
     else:
       scale_TxI = jnp.concatenate(
           [jnp.broadcast_to(similarity_Tx3[:, g:g + 1], (length, end - first))
            for g, first, end in tap_group_ranges(channels, k)], axis=-1)
-    taps.append(affinity._shift(x_TxI, k - 1) * scale_TxI)
+    taps.append(affinity_lib._shift(x_TxI, k - 1) * scale_TxI)
   return taps
 
 
-def _scaled_unfold_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision, semantics):
+def _scaled_unfold_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision, affinity):
   """One [T, 3I] x [3I, O] product of the concatenated scaled taps (materialises [T, 3I])."""
-  unfolded_TxKI = jnp.concatenate(scaled_taps(x_TxI, similarity_Tx3, semantics), axis=-1)
+  unfolded_TxKI = jnp.concatenate(scaled_taps(x_TxI, similarity_Tx3, affinity), axis=-1)
   kernel_KIxO = kernel_KxIxO.reshape(-1, kernel_KxIxO.shape[-1])
   return jnp.dot(unfolded_TxKI, kernel_KIxO, precision=precision)
 
 
-def _scaled_taps_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision, semantics):
+def _scaled_taps_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision, affinity):
   """Three [T, I] x [I, O] products of the scaled taps, summed (no [T, 3I] concatenation)."""
-  taps = scaled_taps(x_TxI, similarity_Tx3, semantics)
+  taps = scaled_taps(x_TxI, similarity_Tx3, affinity)
   return sum(jnp.dot(tap_TxI, kernel_IxO, precision=precision)
              for tap_TxI, kernel_IxO in zip(taps, kernel_KxIxO))
 
 
 def _shifted_outputs_one_video(x_TxI, similarity_Tx3, kernel_KxIxO, precision):
-  """Official semantics, per group: [T, G] x [G, 3O], then the shifted sum of the three taps."""
+  """Official affinity, per group: [T, G] x [G, 3O], then the shifted sum of the three taps."""
   c_out = kernel_KxIxO.shape[-1]
   out_TxO = 0
-  for g, (first, end, mask_KxG) in enumerate(affinity.official_groups(x_TxI.shape[-1])):
+  for g, (first, end, mask_KxG) in enumerate(affinity_lib.official_groups(x_TxI.shape[-1])):
     kernel_KxGxO = kernel_KxIxO[:, first:end] * jnp.asarray(mask_KxG, kernel_KxIxO.dtype)[..., None]
     kernel_GxKO = jnp.transpose(kernel_KxGxO, (1, 0, 2)).reshape(end - first, -1)
     taps_TxKxO = jnp.dot(x_TxI[:, first:end], kernel_GxKO, precision=precision).reshape(
-        -1, affinity.KERNEL_SIZE, c_out)
-    summed_TxO = sum(affinity._shift(taps_TxKxO[:, k], k - 1) for k in range(affinity.KERNEL_SIZE))
+        -1, affinity_lib.KERNEL_SIZE, c_out)
+    summed_TxO = sum(affinity_lib._shift(taps_TxKxO[:, k], k - 1)
+                     for k in range(affinity_lib.KERNEL_SIZE))
     out_TxO = out_TxO + similarity_Tx3[:, g:g + 1] * summed_TxO
   return out_TxO
 
 
 def _grouped_conv(x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision):
-  """Official semantics as one grouped convolution (3 groups -> 3O channels), then weights.
+  """Official affinity as one grouped convolution (3 groups -> 3O channels), then weights.
 
   The groups' channel ranges (which share the boundary channels when I % 3 != 0) are copied side
   by side and zero-padded to equal width, so XLA sees feature_group_count=3.
   """
-  groups = affinity.official_groups(x_BxTxI.shape[-1])
+  groups = affinity_lib.official_groups(x_BxTxI.shape[-1])
   width = max(end - first for first, end, _ in groups)
   inputs, kernels = [], []
   for first, end, mask_KxG in groups:
@@ -130,7 +133,7 @@ def _grouped_conv(x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision):
       padding=((1, 1),), dimension_numbers=('NWC', 'WIO', 'NWC'), feature_group_count=3,
       precision=precision)
   batch, length, _ = x_BxTxI.shape
-  out_BxTx3xO = out_BxTx3O.reshape(batch, length, affinity.KERNEL_SIZE, -1)
+  out_BxTx3xO = out_BxTx3O.reshape(batch, length, affinity_lib.KERNEL_SIZE, -1)
   return jnp.einsum('btgo,btg->bto', out_BxTx3xO, similarity_BxTx3.astype(out_BxTx3xO.dtype))
 
 
@@ -141,25 +144,25 @@ def _vmapped(one_video: Callable, **kwargs) -> Formulation:
   return formulation
 
 
-def formulations(semantics: str) -> dict[str, Formulation]:
-  """Name -> formulation for one semantics; 'naive' first, since it is the reference."""
+def formulations(affinity: str) -> dict[str, Formulation]:
+  """Name -> formulation for one affinity form; 'naive' first, since it is the reference."""
   found = {
-      'naive': lambda x, s, k, precision: affinity.NAIVE[semantics](x, s, k),
-      'fast': lambda x, s, k, precision: affinity.affinity_conv(
-          x, s, k, semantics=semantics, precision=precision),
-      'scaled_unfold': _vmapped(_scaled_unfold_one_video, semantics=semantics),
-      'scaled_taps': _vmapped(_scaled_taps_one_video, semantics=semantics),
+      'naive': lambda x, s, k, precision: affinity_lib.NAIVE[affinity](x, s, k),
+      'fast': lambda x, s, k, precision: affinity_lib.affinity_conv(
+          x, s, k, affinity=affinity, precision=precision),
+      'scaled_unfold': _vmapped(_scaled_unfold_one_video, affinity=affinity),
+      'scaled_taps': _vmapped(_scaled_taps_one_video, affinity=affinity),
   }
-  if semantics == 'official':
+  if affinity == 'official':
     found['shifted_outputs'] = _vmapped(_shifted_outputs_one_video)
     found['grouped_conv'] = _grouped_conv
-    found['convolution'] = affinity.official_by_convolution  # what TPUs get as 'fast'
+    found['convolution'] = affinity_lib.official_by_convolution  # what TPUs get as 'fast'
   return found
 
 
 def forward_flops(batch: int, length: int, c_in: int, c_out: int) -> int:
   """The unfolded product [B*T, 3I] x [3I, O]; the similarity weighting is O(B*T*3I) besides."""
-  return 2 * batch * length * affinity.KERNEL_SIZE * c_in * c_out
+  return 2 * batch * length * affinity_lib.KERNEL_SIZE * c_in * c_out
 
 
 def mode_flops(mode: str, batch: int, length: int, c_in: int, c_out: int) -> int:
@@ -172,9 +175,9 @@ def random_inputs(key: jax.Array, batch: int, length: int, c_in: int, c_out: int
   keys = jax.random.split(key, 4)
   x_BxTxI = jax.random.normal(keys[0], (batch, length, c_in))
   embedding_BxTxE = jax.random.normal(keys[1], (batch, length, 32))
-  similarity_BxTx3 = jax.vmap(affinity.neighbour_similarity)(embedding_BxTxE)
-  bound = 1.0 / np.sqrt(affinity.KERNEL_SIZE * c_in)
-  kernel_KxIxO = jax.random.uniform(keys[2], (affinity.KERNEL_SIZE, c_in, c_out), minval=-bound,
+  similarity_BxTx3 = jax.vmap(affinity_lib.neighbour_similarity)(embedding_BxTxE)
+  bound = 1.0 / np.sqrt(affinity_lib.KERNEL_SIZE * c_in)
+  kernel_KxIxO = jax.random.uniform(keys[2], (affinity_lib.KERNEL_SIZE, c_in, c_out), minval=-bound,
                                     maxval=bound)
   cotangent_BxTxO = jax.random.normal(keys[3], (batch, length, c_out))
   return tuple(a.astype(dtype) for a in (x_BxTxI, similarity_BxTx3, kernel_KxIxO, cotangent_BxTxO))
@@ -200,10 +203,10 @@ def relative_error(ours, reference) -> float:
   return float(max(errors))
 
 
-def naive_reference(semantics: str, mode: str, args: tuple):
+def naive_reference(affinity: str, mode: str, args: tuple):
   """The naive formulation in float32 at HIGHEST on the same (already cast) inputs, so that only a
   formulation's own rounding counts against it."""
-  naive = formulations(semantics)['naive']
+  naive = formulations(affinity)['naive']
   return jitted(naive, mode, jax.lax.Precision.HIGHEST)(*(a.astype(jnp.float32) for a in args))
 
 
@@ -250,7 +253,7 @@ def dense_inputs(mode: str, precision_name: str, shape) -> tuple:
   dtype, _ = PRECISIONS[precision_name]
   batch, length, width = shape
   keys = jax.random.split(jax.random.key(0), 3)
-  rows, depth = batch * length, affinity.KERNEL_SIZE * width
+  rows, depth = batch * length, affinity_lib.KERNEL_SIZE * width
   a = jax.random.normal(keys[0], (rows, depth), dtype)
   b = jax.random.normal(keys[1], (depth, width), dtype)
   return (a, b) if mode == 'forward' else (a, b, jax.random.normal(keys[2], (rows, width), dtype))
@@ -269,10 +272,10 @@ def resolve_shapes(names: list[str], width: int, batch_divisor: int):
   return shapes
 
 
-def run_benchmark(shapes, semantics_names, modes, precision_names, formulation_names=None,
+def run_benchmark(shapes, affinity_names, modes, precision_names, formulation_names=None,
                   warmup: int = 2, repeats: int = 5, seed: int = 0,
                   formulations_of: Callable = formulations) -> list[dict]:
-  """One row per (shape, mode, precision, semantics, formulation); rejected rows carry no time.
+  """One row per (shape, mode, precision, affinity, formulation); rejected rows carry no time.
 
   Each formulation is checked on fresh random inputs (the run's seed) before it is timed on them;
   the checking call also compiles it.
@@ -288,15 +291,15 @@ def run_benchmark(shapes, semantics_names, modes, precision_names, formulation_n
         dense_args = dense_inputs(mode, precision_name, shape)
         inputs = random_inputs(jax.random.key(seed), batch, length, width, width, dtype)
         args = inputs if mode == 'forward_backward' else inputs[:3]
-        for semantics in semantics_names:
-          reference = naive_reference(semantics, mode, args)
-          for name, formulation in formulations_of(semantics).items():
+        for affinity in affinity_names:
+          reference = naive_reference(affinity, mode, args)
+          for name, formulation in formulations_of(affinity).items():
             if formulation_names and name not in formulation_names:
               continue
             fn = jitted(formulation, mode, precision)
             error = relative_error(fn(*args), reference)
             row = dict(dataset=dataset, batch=batch, length=length, width=width, mode=mode,
-                       precision=precision_name, semantics=semantics, formulation=name,
+                       precision=precision_name, affinity=affinity, formulation=name,
                        relative_error=error, tolerance=TOLERANCE[precision_name],
                        correct=error <= TOLERANCE[precision_name], flops=flops, ms=None,
                        tflops=None, dense_ms=None, fraction_of_dense=None)
@@ -305,7 +308,7 @@ def run_benchmark(shapes, semantics_names, modes, precision_names, formulation_n
               row.update(ms=ms, tflops=flops / ms * 1e-9, dense_ms=dense_ms,
                          fraction_of_dense=fraction)
             else:
-              logging.error('%s/%s rejected at %s %s: relative error %.2e > %.0e', semantics, name,
+              logging.error('%s/%s rejected at %s %s: relative error %.2e > %.0e', affinity, name,
                             mode, precision_name, error, TOLERANCE[precision_name])
             logging.info('%s', format_row(row))
             rows.append(row)
@@ -320,13 +323,13 @@ def format_row(row: dict) -> str:
     timing = '%9.3f %8.3f %9.3f %6.0f%%' % (row['ms'], row['tflops'], row['dense_ms'],
                                             100 * row['fraction_of_dense'])
   return '%-34s %-16s %-8s %-8s %-15s %s %8.1e' % (
-      shape, row['mode'], row['precision'], row['semantics'], row['formulation'], timing,
+      shape, row['mode'], row['precision'], row['affinity'], row['formulation'], timing,
       row['relative_error'])
 
 
 def format_table(rows: list[dict]) -> str:
   header = '%-34s %-16s %-8s %-8s %-15s %9s %8s %9s %7s %8s' % (
-      'shape', 'mode', 'precision', 'semantics', 'formulation', 'ms', 'TFLOP/s', 'dense ms',
+      'shape', 'mode', 'precision', 'affinity', 'formulation', 'ms', 'TFLOP/s', 'dense ms',
       'of dense', 'rel err')
   return '\n'.join([header] + [format_row(row) for row in rows])
 
@@ -362,7 +365,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('batch_divisor', 1, 'divide the datasets\' B')
   flags.DEFINE_bool('small', False, 'CPU preset: --width=%d --batch_divisor=%d' % (
       SMALL_WIDTH, SMALL_BATCH_DIVISOR))
-  flags.DEFINE_string('semantics', ','.join(affinity.SEMANTICS), 'comma-separated semantics')
+  flags.DEFINE_string('affinity', ','.join(affinity_lib.AFFINITIES),
+                      'comma-separated affinity forms')
   flags.DEFINE_string('modes', ','.join(MODES), 'comma-separated modes')
   flags.DEFINE_string('precisions', ','.join(PRECISIONS), 'comma-separated precisions')
   flags.DEFINE_string('formulations', '', 'comma-separated names; empty: all')
@@ -392,7 +396,7 @@ def main(argv: Sequence[str]) -> int:
   args = arguments(sys.modules[__name__], argv)
   split = lambda s: [item for item in s.split(',') if item]
   rows = run_benchmark(resolve_shapes(split(args.shapes), args.width, args.batch_divisor),
-                       split(args.semantics), split(args.modes), split(args.precisions),
+                       split(args.affinity), split(args.modes), split(args.precisions),
                        split(args.formulations), args.warmup, args.repeats, args.seed)
   env = environment()
   print('# %s (%s), jax %s, %s; median of %d runs after %d warm-up' % (

@@ -29,13 +29,13 @@ trap 'rm -rf "$work"' EXIT
 python="${PYTHON:-python}"
 
 if ((dry_run)); then
-  kernel_args=(--shapes=2x9 --width=8 --semantics=official --modes=forward --precisions=default
+  kernel_args=(--shapes=2x9 --width=8 --affinity=official --modes=forward --precisions=default
                --formulations=naive,fast --warmup=0 --repeats=1)
   step_args=(--shapes=4x16 --width=8 --dtypes=float32 --warmup=0 --repeats=1)
   run_config=configs/thumos.py:debug
   run_args=(--config.train.num_epochs=1 --config.eval.num_plots=0)
 else
-  kernel_args=(--shapes=thumos14 --semantics=official --precisions=default,bfloat16
+  kernel_args=(--shapes=thumos14 --affinity=official --precisions=default,bfloat16
                --formulations=naive,fast,scaled_unfold,convolution --repeats=10)
   step_args=(--shapes=thumos14 --repeats=10)
   run_config=configs/thumos.py:synthetic

@@ -17,9 +17,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from backtal_jax import evaluation
-from backtal_jax import postprocess
 from backtal_jax.data import resources
+from backtal_jax.evaluation import mean_ap
+from backtal_jax.evaluation import postprocess
 from configs import activitynet12
 from configs import thumos
 
@@ -86,7 +86,7 @@ def benchmark(title, gt_name, config, num_snippets, repeats, feature_dim):
         for vid, (cas, scores, feature, frame_num, duration) in videos.items()}}
 
   def run_map():
-    return evaluation.detection_map(gt_path, predictions, subset=subset,
+    return mean_ap.detection_map(gt_path, predictions, subset=subset,
                                     tiou_thresholds=config.eval.tiou_thresholds)
 
   seconds_post, predictions = best_time(run_postprocess, repeats)

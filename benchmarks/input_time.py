@@ -20,7 +20,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from backtal_jax import sharding
+from backtal_jax.core import sharding
 from backtal_jax.data import feeds
 from backtal_jax.data import pipeline
 from configs import activitynet12

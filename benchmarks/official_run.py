@@ -126,9 +126,9 @@ def main(argv) -> None:
   phases = {}
   started = time.perf_counter()
   official = import_official_train(args.repo)  # sets OMP_NUM_THREADS=1, imports torch and lib/
+  import joblib  # pylint: disable=g-import-not-at-top  (the official evaluator's pool)
   import torch  # pylint: disable=g-import-not-at-top  (after train.py set OMP_NUM_THREADS)
   from torch import nn  # pylint: disable=g-import-not-at-top
-  import joblib  # pylint: disable=g-import-not-at-top  (the official evaluator's pool)
   cfg = official.cfg
   if args.threads:
     torch.set_num_threads(args.threads)

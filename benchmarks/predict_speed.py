@@ -25,13 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backtal_jax import checkpoint
-from backtal_jax import logs
-from backtal_jax import optimizer
-from backtal_jax import predictor
-from backtal_jax import sharding
-from backtal_jax import train_state
+from backtal_jax.core import sharding
 from backtal_jax.data import pipeline
+from backtal_jax.reporting import logs
+from backtal_jax.run import checkpoint
+from backtal_jax.run import optimizer
+from backtal_jax.run import predictor
+from backtal_jax.run import train_state
 from configs import thumos
 
 FLAGS = flags.FLAGS

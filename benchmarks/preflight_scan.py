@@ -1,4 +1,4 @@
-"""Seconds for the pre-flight scan of every feature file of a dataset (backtal_jax.preflight).
+"""Seconds for the pre-flight scan of every feature file of a dataset (backtal_jax.run.preflight).
 
   python -m backtal_jax.data.synthetic --dataset=thumos14 --out=/tmp/scan_thumos --half_width=1024
   python -m benchmarks.preflight_scan --dataset=thumos14 --features_root=/tmp/scan_thumos
@@ -15,7 +15,7 @@ import time
 from absl import app
 from absl import flags
 
-from backtal_jax import preflight
+from backtal_jax.run import preflight
 from configs import activitynet12
 from configs import thumos
 

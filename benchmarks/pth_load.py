@@ -5,8 +5,8 @@
 Writes the official checkpoint layout ({'epoch', 'state_dict'}, random float32 weights, 29.5 M
 parameters, 118 MB) in both serialisations (torch is needed to write them and for the
 comparison), then times, each in a fresh Python process so that imports count as a user sees
-them: `backtal_jax.checkpoint.load_official_checkpoint` (importing backtal_jax.checkpoint, which
-brings JAX and orbax, reading, converting to the Flax layout), `backtal_jax.torch_pickle.load`
+them: `backtal_jax.load_official_checkpoint` (importing backtal_jax.model.official_weights, which
+brings JAX and orbax, reading, converting to the Flax layout), `backtal_jax.model.torch_pickle.load`
 alone (numpy only), and `import torch; torch.load(path, weights_only=True)`. Also the read alone in
 this process, best of the repeats. The page cache is warm (each file was just written or read).
 """
@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from backtal_jax import torch_pickle
+from backtal_jax.model import torch_pickle
 
 FLAGS = flags.FLAGS
 

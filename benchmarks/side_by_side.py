@@ -42,8 +42,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
-from backtal_jax import run_records
 from backtal_jax.data import datasets
+from backtal_jax.reporting import run_records
 from benchmarks import affinity_kernel
 from configs import thumos
 

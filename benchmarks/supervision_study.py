@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from backtal_jax import logs
-from backtal_jax import train
+from backtal_jax.reporting import logs
+from backtal_jax.run import train
 from configs import thumos
 
 TIOUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)

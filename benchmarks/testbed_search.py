@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from backtal_jax import logs
+from backtal_jax.reporting import logs
 from benchmarks import supervision_study
 
 # One change of recipe D per setting, each along a direction the design listed as not yet

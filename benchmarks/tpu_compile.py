@@ -28,11 +28,11 @@ from absl import flags
 import jax
 import ml_collections
 
-from backtal_jax import logs
-from backtal_jax import optimizer
-from backtal_jax import sharding
-from backtal_jax import train
-from backtal_jax import train_state
+from backtal_jax.core import sharding
+from backtal_jax.reporting import logs
+from backtal_jax.run import optimizer
+from backtal_jax.run import train
+from backtal_jax.run import train_state
 from benchmarks import supervision_study
 from configs import activitynet12
 from configs import hacs

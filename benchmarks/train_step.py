@@ -37,11 +37,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from backtal_jax import optimizer
-from backtal_jax import sharding
-from backtal_jax import train
-from backtal_jax import train_state
-from backtal_jax.data.features import IGNORE_LABEL
+from backtal_jax.core import sharding
+from backtal_jax.core.labels import IGNORE_LABEL
+from backtal_jax.run import optimizer
+from backtal_jax.run import train
+from backtal_jax.run import train_state
 from benchmarks import affinity_kernel
 from configs import activitynet12
 from configs import hacs

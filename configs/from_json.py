@@ -7,7 +7,7 @@
 from etils import epath
 import ml_collections
 
-from backtal_jax import run_records
+from backtal_jax.reporting import run_records
 
 
 def get_config(path: str) -> ml_collections.ConfigDict:

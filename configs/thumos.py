@@ -14,7 +14,7 @@ from backtal_jax.data import synthetic
 
 
 def get_model_config() -> ml_collections.ConfigDict:
-  """The BackTAL network: fields of backtal_jax.models.BackTAL."""
+  """The BackTAL network: fields of backtal_jax.model.network.BackTAL."""
   model = ml_collections.ConfigDict()
   model.num_classes = 20  # action classes; the CAS has one more, the background
   model.feat_dim = 2048  # input width: RGB and flow I3D features, 1024 each
@@ -30,7 +30,7 @@ def get_model_config() -> ml_collections.ConfigDict:
 
 
 def get_loss_config() -> ml_collections.ConfigDict:
-  """Weights and settings of backtal_jax.losses.backtal_loss."""
+  """Weights and settings of backtal_jax.model.losses.backtal_loss."""
   loss = ml_collections.ConfigDict()
   loss.norm_weight = 1e-4  # weight of the L1 norm of fore_weights (C_LOSS_NORM)
   loss.click_weight = 1.0  # weight of the click cross-entropy on cas_base

@@ -16,11 +16,11 @@ from absl import flags
 import jax
 import numpy as np
 
-from backtal_jax import sharding
-from backtal_jax import stop_signals
-from backtal_jax import train
-from backtal_jax import train_state
+from backtal_jax.core import sharding
 from backtal_jax.data import pipeline
+from backtal_jax.run import stop_signals
+from backtal_jax.run import train
+from backtal_jax.run import train_state
 from configs import thumos
 
 NUM_STEPS = 2

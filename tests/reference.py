@@ -5,7 +5,8 @@ import ast
 import ml_collections
 import numpy as np
 
-from configs import activitynet12, thumos
+from configs import activitynet12
+from configs import thumos
 from tests.conftest import TESTDATA
 
 FIXTURES = ('model_thumos_small', 'model_anet_small')

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from backtal_jax import affinity
+from backtal_jax.model import affinity as affinity_lib
 
 
 def random_inputs(seed, batch, length, c_in, c_out, embed=8):
@@ -13,7 +13,7 @@ def random_inputs(seed, batch, length, c_in, c_out, embed=8):
   x = jax.random.normal(keys[0], (batch, length, c_in), jnp.float64)
   embedding = jax.random.normal(keys[1], (batch, length, embed), jnp.float64)
   kernel = jax.random.normal(keys[2], (3, c_in, c_out), jnp.float64) / np.sqrt(3 * c_in)
-  return x, jax.vmap(affinity.neighbour_similarity)(embedding), kernel
+  return x, jax.vmap(affinity_lib.neighbour_similarity)(embedding), kernel
 
 
 def paper_by_loops(x, similarity, kernel):
@@ -51,43 +51,44 @@ def float64():
 
 
 @pytest.mark.parametrize('c_in', [1, 4, 5, 9])
-@pytest.mark.parametrize('semantics', affinity.SEMANTICS)
-def test_fast_kernel_equals_definition(semantics, c_in):
+@pytest.mark.parametrize('affinity', affinity_lib.AFFINITIES)
+def test_fast_kernel_equals_definition(affinity, c_in):
   x, similarity, kernel = random_inputs(c_in, 2, 7, c_in, 5)
-  by_loops = {'official': official_by_loops, 'paper': paper_by_loops}[semantics]
+  by_loops = {'official': official_by_loops, 'paper': paper_by_loops}[affinity]
   expected = by_loops(x, similarity, kernel)
-  fast = affinity.affinity_conv(x, similarity, kernel, semantics=semantics)
-  naive = affinity.NAIVE[semantics](x, similarity, kernel)
+  fast = affinity_lib.affinity_conv(x, similarity, kernel, affinity=affinity)
+  naive = affinity_lib.NAIVE[affinity](x, similarity, kernel)
   np.testing.assert_allclose(fast, expected, rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(naive, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('semantics', affinity.SEMANTICS)
-def test_fast_gradient_equals_naive_gradient(semantics):
+@pytest.mark.parametrize('affinity', affinity_lib.AFFINITIES)
+def test_fast_gradient_equals_naive_gradient(affinity):
   x, similarity, kernel = random_inputs(3, 2, 9, 8, 6)
 
   def loss(fn):
     return lambda *args: jnp.sum(jnp.sin(fn(*args)))
 
-  fast = jax.grad(loss(lambda *a: affinity.affinity_conv(*a, semantics=semantics)), (0, 1, 2))
-  naive = jax.grad(loss(affinity.NAIVE[semantics]), (0, 1, 2))
+  fast = jax.grad(loss(lambda *a: affinity_lib.affinity_conv(*a, affinity=affinity)), (0, 1, 2))
+  naive = jax.grad(loss(affinity_lib.NAIVE[affinity]), (0, 1, 2))
   for ours, ref in zip(fast(x, similarity, kernel), naive(x, similarity, kernel)):
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
 
 
-def test_semantics_differ_unless_similarities_are_equal():
+def test_affinity_forms_differ_unless_similarities_are_equal():
   x, similarity, kernel = random_inputs(0, 1, 6, 6, 4)
-  official = affinity.affinity_conv(x, similarity, kernel, semantics='official')
-  paper = affinity.affinity_conv(x, similarity, kernel, semantics='paper')
+  official = affinity_lib.affinity_conv(x, similarity, kernel, affinity='official')
+  paper = affinity_lib.affinity_conv(x, similarity, kernel, affinity='paper')
   assert not np.allclose(official, paper)
   ones = jnp.ones_like(similarity)
-  np.testing.assert_allclose(affinity.affinity_conv(x, ones, kernel, semantics='official'),
-                             affinity.affinity_conv(x, ones, kernel, semantics='paper'), rtol=1e-12)
+  official = affinity_lib.affinity_conv(x, ones, kernel, affinity='official')
+  paper = affinity_lib.affinity_conv(x, ones, kernel, affinity='paper')
+  np.testing.assert_allclose(official, paper, rtol=1e-12)
 
 
 def test_similarity_is_zero_beyond_either_end_and_one_with_itself():
   embedding = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
-  similarity = np.asarray(affinity.neighbour_similarity(embedding))
+  similarity = np.asarray(affinity_lib.neighbour_similarity(embedding))
   assert similarity[0, 0] == 0 and similarity[-1, 2] == 0
   np.testing.assert_allclose(similarity[:, 1], 1.0, rtol=1e-12)
   unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
@@ -96,7 +97,7 @@ def test_similarity_is_zero_beyond_either_end_and_one_with_itself():
 
 
 def test_official_groups_split_the_boundary_channel():
-  groups = affinity.official_groups(4)
+  groups = affinity_lib.official_groups(4)
   # (c, k) -> floor((3c + k) / 4): channel 1 has taps in groups 0 and 1, channel 2 in 1 and 2.
   assert [(first, end) for first, end, _ in groups] == [(0, 2), (1, 3), (2, 4)]
   assert groups[0][2].T.tolist() == [[True, True, True], [True, False, False]]
@@ -104,23 +105,23 @@ def test_official_groups_split_the_boundary_channel():
   assert total == 3 * 4
 
 
-def test_unknown_semantics_is_an_error():
+def test_unknown_affinity_is_an_error():
   x, similarity, kernel = random_inputs(0, 1, 4, 3, 2)
   with pytest.raises(ValueError, match='paper'):
-    affinity.affinity_conv(x, similarity, kernel, semantics='papr')
+    affinity_lib.affinity_conv(x, similarity, kernel, affinity='papr')
 
 
 @pytest.mark.parametrize('c_in', [1, 4, 5, 9])
 def test_convolution_formulation_equals_definition(c_in):
   """The formulation TPUs lower 'official' to, checked here on the CPU with its gradients."""
   x, similarity, kernel = random_inputs(c_in, 2, 7, c_in, 5)
-  np.testing.assert_allclose(affinity.official_by_convolution(x, similarity, kernel),
+  np.testing.assert_allclose(affinity_lib.official_by_convolution(x, similarity, kernel),
                              official_by_loops(x, similarity, kernel), rtol=1e-12, atol=1e-12)
 
   def loss(fn):
     return lambda *args: jnp.sum(jnp.sin(fn(*args)))
 
-  ours = jax.grad(loss(affinity.official_by_convolution), (0, 1, 2))(x, similarity, kernel)
-  ref = jax.grad(loss(affinity.naive_official), (0, 1, 2))(x, similarity, kernel)
+  ours = jax.grad(loss(affinity_lib.official_by_convolution), (0, 1, 2))(x, similarity, kernel)
+  ref = jax.grad(loss(affinity_lib.naive_official), (0, 1, 2))(x, similarity, kernel)
   for got, expected in zip(ours, ref):
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)

@@ -9,17 +9,17 @@ import sys
 
 import jax.numpy as jnp
 
-from backtal_jax import affinity
+from backtal_jax.model import affinity as affinity_lib
 from benchmarks import affinity_kernel
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_main_runs_at_a_tiny_shape_and_writes_json(tmp_path):
-  out = tmp_path / 'affinity.json'
+  out = tmp_path / 'affinity_lib.json'
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.affinity_kernel', '--shapes=2x9', '--width=7',
-       '--semantics=official', '--precisions=highest,bfloat16', '--formulations=naive,fast',
+       '--affinity=official', '--precisions=highest,bfloat16', '--formulations=naive,fast',
        '--warmup=1', '--repeats=1', '--json_out=%s' % out],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
@@ -32,10 +32,10 @@ def test_main_runs_at_a_tiny_shape_and_writes_json(tmp_path):
   assert all(r['correct'] and r['ms'] > 0 and r['fraction_of_dense'] > 0 for r in rows)
 
 
-def with_wrong_formulation(semantics):
-  """The real formulations plus 'paper' semantics passed off as 'official' (a plausible bug)."""
-  found = dict(affinity_kernel.formulations(semantics))
-  found['wrong'] = lambda x, s, k, precision: affinity.affinity_conv(x, s, k, semantics='paper')
+def with_wrong_formulation(affinity):
+  """The real formulations plus 'paper' affinity passed off as 'official' (a plausible bug)."""
+  found = dict(affinity_kernel.formulations(affinity))
+  found['wrong'] = lambda x, s, k, precision: affinity_lib.affinity_conv(x, s, k, affinity='paper')
   return found
 
 
@@ -57,7 +57,7 @@ def test_flops_count_the_unfolded_product_and_three_for_the_backward():
 
 def test_tap_group_ranges_cover_each_tap_once_in_official_groups():
   for channels in (1, 4, 5, 9):
-    for tap in range(affinity.KERNEL_SIZE):
+    for tap in range(affinity_lib.KERNEL_SIZE):
       ranges = affinity_kernel.tap_group_ranges(channels, tap)
       assert [first for _, first, _ in ranges][0] == 0 and ranges[-1][2] == channels
       assert all(a[2] == b[1] for a, b in zip(ranges, ranges[1:]))

@@ -5,7 +5,9 @@ import pathlib
 
 import pytest
 
-from configs import activitynet12, hacs, thumos
+from configs import activitynet12
+from configs import hacs
+from configs import thumos
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 VARIANTS = [(thumos, ''), (thumos, 'synthetic'), (thumos, 'debug'), (activitynet12, ''),

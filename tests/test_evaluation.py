@@ -1,4 +1,4 @@
-"""backtal_jax.evaluation against the official evaluator's mAP and on hand-made cases."""
+"""backtal_jax.evaluation.mean_ap against the official evaluator's mAP and on hand-made cases."""
 
 import json
 import lzma
@@ -6,8 +6,8 @@ import lzma
 import numpy as np
 import pytest
 
-from backtal_jax import evaluation
 from backtal_jax.data import resources
+from backtal_jax.evaluation import mean_ap
 from tests.conftest import TESTDATA
 
 
@@ -17,7 +17,7 @@ from tests.conftest import TESTDATA
 def test_same_map_as_official_evaluator(name, gt_name, detections):
   summary = json.loads((TESTDATA / name / 'summary.json').read_text())
   predictions = json.loads(lzma.decompress((TESTDATA / name / (detections + '.xz')).read_bytes()))
-  map_U, average = evaluation.detection_map(resources.annotation_path(gt_name), predictions,
+  map_U, average = mean_ap.detection_map(resources.annotation_path(gt_name), predictions,
                                             subset=summary['subset'],
                                             tiou_thresholds=summary['tiou'])
   np.testing.assert_allclose(map_U, summary['mAP'], rtol=0, atol=1e-9)
@@ -28,13 +28,13 @@ def ground_truth(*videos, subset='test'):
   """videos: (video_id, [(label, start, end), ...])."""
   return {'database': {
       vid: {'subset': subset,
-            'annotations': [{'label': l, 'segment': [s, e]} for l, s, e in anns]}
+            'annotations': [{'label': c, 'segment': [s, e]} for c, s, e in anns]}
       for vid, anns in videos}}
 
 
 def predictions(**videos):
   """videos: video_id=[(label, start, end, score), ...]."""
-  return {'results': {vid: [{'label': l, 'segment': [s, e], 'score': c} for l, s, e, c in dets]
+  return {'results': {vid: [{'label': c, 'segment': [s, e], 'score': p} for c, s, e, p in dets]
                       for vid, dets in videos.items()}}
 
 
@@ -45,20 +45,20 @@ GT = ground_truth(('v1', [('a', 0.0, 2.0), ('a', 5.0, 7.0), ('b', 3.0, 4.0)]),
 def test_perfect_predictions_score_one():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.9), ('a', 5.0, 7.0, 0.8), ('b', 3.0, 4.0, 0.7)],
                      v2=[('b', 1.0, 3.0, 0.6)])
-  map_U, average = evaluation.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5, 0.9])
+  map_U, average = mean_ap.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5, 0.9])
   np.testing.assert_array_equal(map_U, [1.0, 1.0])
   assert average == 1.0
 
 
 def test_class_without_predictions_counts_zero():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.9), ('a', 5.0, 7.0, 0.8)])
-  map_U, _ = evaluation.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5])
+  map_U, _ = mean_ap.detection_map(GT, pred, subset='test', tiou_thresholds=[0.5])
   np.testing.assert_array_equal(map_U, [0.5])  # class a: AP 1, class b: AP 0
 
 
 def test_duplicate_detection_is_a_false_positive():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.9), ('a', 0.0, 2.0, 0.8), ('a', 5.0, 7.0, 0.7)])
-  ap_UxC, names = evaluation.average_precision_per_class(GT, pred, subset='test',
+  ap_UxC, names = mean_ap.average_precision_per_class(GT, pred, subset='test',
                                                          tiou_thresholds=[0.5])
   # Ranks: TP, FP, TP -> precision 1 at recall 0.5, 2/3 at recall 1.
   np.testing.assert_allclose(ap_UxC[0, names.index('a')], 0.5 * 1 + 0.5 * 2 / 3)
@@ -66,7 +66,7 @@ def test_duplicate_detection_is_a_false_positive():
 
 def test_predictions_in_unknown_videos_are_false_positives():
   pred = predictions(v1=[('a', 0.0, 2.0, 0.5), ('a', 5.0, 7.0, 0.4)], v9=[('a', 0.0, 2.0, 0.9)])
-  ap_UxC, names = evaluation.average_precision_per_class(GT, pred, subset='test',
+  ap_UxC, names = mean_ap.average_precision_per_class(GT, pred, subset='test',
                                                          tiou_thresholds=[0.5])
   # Ranks: FP, TP, TP -> the interpolated precision is 2/3 at both recalls.
   np.testing.assert_allclose(ap_UxC[0, names.index('a')], 2 / 3)
@@ -77,7 +77,7 @@ def test_equal_scores_rank_the_later_listed_first(listing, expected_ap):
   gt = ground_truth(('v1', [('a', 0.0, 2.0)]))
   tp, fp = ('a', 0.0, 2.0, 0.5), ('a', 8.0, 9.0, 0.5)
   pred = predictions(v1=[fp, tp] if listing == 'fp_first' else [tp, fp])
-  map_U, _ = evaluation.detection_map(gt, pred, subset='test', tiou_thresholds=[0.5])
+  map_U, _ = mean_ap.detection_map(gt, pred, subset='test', tiou_thresholds=[0.5])
   np.testing.assert_allclose(map_U, [expected_ap])
 
 
@@ -86,12 +86,12 @@ def test_equal_tiou_tries_the_later_listed_ground_truth_first():
   # The first prediction has tIoU 1/3 with both; it takes the later-listed one, so the second
   # prediction, an exact copy of that one, finds it taken.
   pred = predictions(v1=[('a', 1.0, 3.0, 0.9), ('a', 2.0, 4.0, 0.8)])
-  map_U, _ = evaluation.detection_map(gt, pred, subset='test', tiou_thresholds=[0.3])
+  map_U, _ = mean_ap.detection_map(gt, pred, subset='test', tiou_thresholds=[0.3])
   np.testing.assert_allclose(map_U, [0.5])
 
 
 def test_empty_predictions_give_zero():
-  map_U, average = evaluation.detection_map(GT, {'results': {}}, subset='test',
+  map_U, average = mean_ap.detection_map(GT, {'results': {}}, subset='test',
                                             tiou_thresholds=[0.1, 0.5])
   np.testing.assert_array_equal(map_U, [0.0, 0.0])
   assert average == 0.0
@@ -101,7 +101,7 @@ def test_malformed_json_names_the_file(tmp_path):
   path = tmp_path / 'pred.json'
   path.write_text('{"results": {"v1": [')
   with pytest.raises(ValueError, match='pred.json: malformed JSON'):
-    evaluation.detection_map(GT, path, subset='test', tiou_thresholds=[0.5])
+    mean_ap.detection_map(GT, path, subset='test', tiou_thresholds=[0.5])
 
 
 @pytest.mark.parametrize('det, message', [
@@ -114,9 +114,9 @@ def test_bad_prediction_names_file_and_video(tmp_path, det, message):
   path = tmp_path / 'pred.json'
   path.write_text(json.dumps(predictions(v1=[det])))
   with pytest.raises(ValueError, match=f'pred.json: {message}'):
-    evaluation.detection_map(GT, path, subset='test', tiou_thresholds=[0.5])
+    mean_ap.detection_map(GT, path, subset='test', tiou_thresholds=[0.5])
 
 
 def test_subset_without_ground_truth_is_an_error():
   with pytest.raises(ValueError, match="subset 'validation' has no ground-truth instance"):
-    evaluation.detection_map(GT, {'results': {}}, subset='validation', tiou_thresholds=[0.5])
+    mean_ap.detection_map(GT, {'results': {}}, subset='validation', tiou_thresholds=[0.5])

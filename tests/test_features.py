@@ -5,8 +5,9 @@ import re
 import numpy as np
 import pytest
 
-from tests import npz_files
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import features
+from tests import npz_files
 
 READ_ARGS = dict(num_classes=npz_files.NUM_CLASSES, feature_dim=npz_files.FEATURE_DIM,
                  num_segments=npz_files.NUM_SEGMENTS)
@@ -168,4 +169,4 @@ def test_to_example_fills_absent_fields(tmp_path):
       _write(tmp_path, npz_files.video_arrays(8, train=False), 'test.npz'), **READ_ARGS)
   np.testing.assert_array_equal(
       features.to_example(test_record)['click_labels'],
-      np.full(npz_files.NUM_SEGMENTS, features.IGNORE_LABEL))
+      np.full(npz_files.NUM_SEGMENTS, IGNORE_LABEL))

@@ -4,11 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from backtal_jax import sharding
-from backtal_jax import train
-from backtal_jax import train_state
+from backtal_jax.core import sharding
 from backtal_jax.data import feeds
 from backtal_jax.data import pipeline
+from backtal_jax.run import train
+from backtal_jax.run import train_state
 from configs import thumos
 from tests import npz_files
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from backtal_jax import host_memory
+from backtal_jax.run import host_memory
 
 SCRIPT = ('import os, sys; from backtal_jax import host_memory; print(os.getpid(), flush=True); '
           'host_memory.use_huge_pages(); print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), '

@@ -11,7 +11,10 @@ import textwrap
 SCRIPT = textwrap.dedent('''
     import json
     import sys
-    from backtal_jax import checkpoint, evaluate, main, train
+    from backtal_jax.run import checkpoint
+    from backtal_jax import evaluate
+    from backtal_jax import main
+    from backtal_jax.run import train
     from backtal_jax.data import pipeline
     from configs import thumos
     heavy = sorted(m for m in sys.modules if m.split('.')[0] in (

@@ -4,16 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backtal_jax import checkpoint, losses, models
-from backtal_jax.data.features import IGNORE_LABEL
+from backtal_jax.core.labels import IGNORE_LABEL
+from backtal_jax.model import losses
+from backtal_jax.model import network
+from backtal_jax.model import official_weights
 from tests import reference
 
 
 def fixture_model(name='model_anet_small'):
   fixture = reference.load(name)
   config = reference.config_for(fixture, 'float32')
-  model = models.BackTAL(**config.model)
-  params = checkpoint.params_from_torch(reference.torch_state_dict(fixture))
+  model = network.BackTAL(**config.model)
+  params = official_weights.params_from_torch(reference.torch_state_dict(fixture))
   features = jnp.asarray(reference.channels_last(fixture['input/features']), jnp.float32)
   labels = jnp.asarray(fixture['input/label'], jnp.float32)
   clicks = jnp.asarray(fixture['input/click_label'], jnp.int32)
@@ -43,8 +45,8 @@ def test_padded_batch_gives_the_official_loss_of_the_real_videos():
   fixture = reference.load('model_anet_small')
   with jax.enable_x64(True):
     config = reference.config_for(fixture, 'float64')
-    model = models.BackTAL(**config.model)
-    params = checkpoint.params_from_torch(reference.torch_state_dict(fixture))
+    model = network.BackTAL(**config.model)
+    params = official_weights.params_from_torch(reference.torch_state_dict(fixture))
     features = jnp.asarray(reference.channels_last(fixture['input/features']))
     labels = jnp.asarray(fixture['input/label'])
     clicks = jnp.asarray(fixture['input/click_label'], jnp.int32)

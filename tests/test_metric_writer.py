@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from backtal_jax import metric_writer
+from backtal_jax.reporting import metric_writer
 
 
 def read_records(path):

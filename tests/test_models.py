@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from backtal_jax import models
-from backtal_jax import sharding
+from backtal_jax.core import sharding
+from backtal_jax.model import network
+from backtal_jax.model import topk
 
 
 class BasePasses(nn.Module):
@@ -18,7 +19,7 @@ class BasePasses(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxF, weighted_BxTxF, similarity_BxTx3):
-    base = models.BaseModule(hidden_dim=6, dropout_rate=0.5, semantics='official',
+    base = network.BaseModule(hidden_dim=6, dropout_rate=0.5, affinity='official',
                              dtype='float32', name='base')
     if self.one_call:
       return base([x_BxTxF, weighted_BxTxF], similarity_BxTx3, False)
@@ -45,8 +46,8 @@ def test_passes_in_one_call_equal_one_call_each_with_the_same_dropout():
 @pytest.mark.parametrize('order', ['per_video', 'per_device_block'])
 @pytest.mark.parametrize('num_devices', [1, 4])
 def test_merged_passes_stay_on_each_devices_rows(num_devices, order):
-  merge = getattr(models, f'_merge_{order}')
-  split = getattr(models, f'_split_{order}')
+  merge = getattr(network, f'_merge_{order}')
+  split = getattr(network, f'_split_{order}')
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
   rows = 2 * mesh.size
   passes = [np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1000 * p for p in range(2)]
@@ -69,8 +70,8 @@ def test_merged_passes_stay_on_each_devices_rows(num_devices, order):
 
 def test_the_cpu_merges_per_video():
   passes = [np.full((2, 3), p, np.float32) for p in range(2)]
-  np.testing.assert_array_equal(models.merge_passes(passes)[:, 0], [0, 1, 0, 1])
-  for p, x in enumerate(models.split_passes(models.merge_passes(passes), 2)):
+  np.testing.assert_array_equal(network.merge_passes(passes)[:, 0], [0, 1, 0, 1])
+  for p, x in enumerate(network.split_passes(network.merge_passes(passes), 2)):
     np.testing.assert_array_equal(x, passes[p])
 
 
@@ -84,14 +85,14 @@ def test_tpus_topk_score_gradient_is_autodiffs_of_top_k_bit_for_bit(dtype):
 
   for k in (1, 5, 40):
     grads = [jax.grad(lambda x: (score(x, k).astype('float32') * weights).sum())(cas)
-             for score in (models._topk_mean_dense_grad, autodiff_of_top_k)]
+             for score in (topk._topk_mean_dense_grad, autodiff_of_top_k)]
     assert grads[0].dtype == cas.dtype
     np.testing.assert_array_equal(grads[0], grads[1])
     assert int((grads[0] != 0).sum()) == 3 * 5 * k  # k positions per video and class
 
 
 def test_bfloat16_computes_the_base_module_only_in_bfloat16():
-  model = models.BackTAL(num_classes=3, feat_dim=8, hidden_dim=8, filter_dim=4,
+  model = network.BackTAL(num_classes=3, feat_dim=8, hidden_dim=8, filter_dim=4,
                          embed_hidden_dim=4, embed_dim=4, dtype='bfloat16')
   x = jax.random.normal(jax.random.key(0), (2, 9, 8))
   params = model.init(jax.random.key(1), x)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from backtal_jax import optimizer
+from backtal_jax.run import optimizer
 
 
 def torch_adam_by_hand(param, grads, lr, b1, b2, eps, wd):

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from backtal_jax import checkpoint, losses, models
+from backtal_jax.model import losses
+from backtal_jax.model import network
+from backtal_jax.model import official_weights
 from tests import reference
 
 OUTPUTS = ('score_base', 'score_supp', 'cas_base', 'cas_supp', 'embedding', 'fore_weights')
@@ -27,9 +29,9 @@ def relative_error(ours, ref) -> float:
 def run_model(fixture, dtype):
   """Outputs, loss terms and parameter gradients of backtal_jax on the fixture's inputs."""
   config = reference.config_for(fixture, dtype)
-  model = models.BackTAL(**config.model)
+  model = network.BackTAL(**config.model)
   params = jax.tree.map(lambda p: jnp.asarray(p, dtype),
-                        checkpoint.params_from_torch(reference.torch_state_dict(fixture)))
+                        official_weights.params_from_torch(reference.torch_state_dict(fixture)))
   features = jnp.asarray(reference.channels_last(fixture['input/features']), dtype)
   labels = jnp.asarray(fixture['input/label'], dtype)
   clicks = jnp.asarray(fixture['input/click_label'], jnp.int32)
@@ -66,7 +68,7 @@ def test_matches_official(name, dtype):
   for term, key in LOSS_TERMS.items():
     errors[key] = relative_error(terms[term], fixture[key])
   errors['loss/total'] = relative_error(total, fixture['loss/total'])
-  ref_grads = checkpoint.params_from_torch(reference.torch_state_dict(fixture, 'grad/'))
+  ref_grads = official_weights.params_from_torch(reference.torch_state_dict(fixture, 'grad/'))
   for path, grad in jax.tree_util.tree_leaves_with_path(grads):
     ref_grad = ref_grads
     for entry in path:
@@ -86,8 +88,8 @@ BFLOAT16_LOSS_TOLERANCE = 2**-9
 def test_bfloat16_compute_stays_near_the_official_float32(name):
   fixture = reference.load(name)
   config = reference.config_for(fixture, 'bfloat16')
-  model = models.BackTAL(**config.model)
-  params = checkpoint.params_from_torch(reference.torch_state_dict(fixture))  # float32
+  model = network.BackTAL(**config.model)
+  params = official_weights.params_from_torch(reference.torch_state_dict(fixture))  # float32
   features = jnp.asarray(reference.channels_last(fixture['input/features']), jnp.float32)
   outputs = model.apply({'params': params}, features, deterministic=True)
   assert outputs.feature_supp_1.dtype == jnp.bfloat16  # the base module computes in bfloat16

@@ -5,7 +5,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from backtal_jax import phase_times
+from backtal_jax.reporting import phase_times
 
 
 def test_nested_phases_are_exclusive_and_add_up_to_the_time_measured():

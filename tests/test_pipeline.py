@@ -4,13 +4,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests import npz_files
+from backtal_jax.core import sharding
+from backtal_jax.core.labels import IGNORE_LABEL
+from backtal_jax.data import features
+from backtal_jax.data import pipeline
 from configs import activitynet12
 from configs import hacs
 from configs import thumos
-from backtal_jax import sharding
-from backtal_jax.data import features
-from backtal_jax.data import pipeline
+from tests import npz_files
 
 SPEC = pipeline.BatchSpec(num_segments=npz_files.NUM_SEGMENTS, feature_dim=npz_files.FEATURE_DIM,
                           num_classes=npz_files.NUM_CLASSES)
@@ -72,7 +73,7 @@ def test_every_example_once_per_epoch_and_padded_last_batch():
   np.testing.assert_array_equal(last['mask'], [1, 1, 0, 0])
   np.testing.assert_array_equal(last['index'][2:], [-1, -1])
   assert not last['features'][2:].any() and not last['video_labels'][2:].any()
-  assert (last['click_labels'][2:] == features.IGNORE_LABEL).all()
+  assert (last['click_labels'][2:] == IGNORE_LABEL).all()
   assert not np.array_equal(loader.order(0), loader.order(1))
 
 

@@ -1,4 +1,5 @@
-"""backtal_jax.postprocess against the official code's detections and on hand-made cases."""
+"""backtal_jax.evaluation.postprocess against the official code's detections and on hand-made
+cases."""
 
 import json
 import lzma
@@ -6,8 +7,9 @@ import lzma
 import numpy as np
 import pytest
 
-from backtal_jax import postprocess
+from backtal_jax.core import resample
 from backtal_jax.data import resources
+from backtal_jax.evaluation import postprocess
 from configs import activitynet12
 from configs import thumos
 from tests.conftest import TESTDATA
@@ -44,9 +46,9 @@ def test_same_detections_as_official_code(name, config_module, gt_name):
 
 
 def test_linear_resize_follows_opencv_half_pixel_rule():
-  up = postprocess.linear_resize(np.array([[0.0], [1.0]]), 4)[:, 0]
+  up = resample.linear_resize(np.array([[0.0], [1.0]]), 4)[:, 0]
   np.testing.assert_allclose(up, [0.0, 0.25, 0.75, 1.0])
-  down = postprocess.linear_resize(np.array([[0.0], [2.0], [4.0], [8.0]]), 2)[:, 0]
+  down = resample.linear_resize(np.array([[0.0], [2.0], [4.0], [8.0]]), 2)[:, 0]
   np.testing.assert_allclose(down, [1.0, 6.0])
 
 

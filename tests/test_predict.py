@@ -11,18 +11,19 @@ import jax
 import numpy as np
 import pytest
 
-from backtal_jax import checkpoint
-from backtal_jax import evaluator
-from backtal_jax import optimizer
-from backtal_jax import postprocess
-from backtal_jax import predictor
-from backtal_jax import sharding
-from backtal_jax import train_state
+from backtal_jax.core import resample
+from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import features
 from backtal_jax.data import pipeline
 from backtal_jax.data import unannotated
+from backtal_jax.evaluation import evaluator
+from backtal_jax.run import checkpoint
+from backtal_jax.run import evaluate_only
+from backtal_jax.run import optimizer
+from backtal_jax.run import predictor
+from backtal_jax.run import train_state
 from configs import thumos
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def debug_config(testbed):
 def evaluation_only(config, checkpoint_dir, workdir) -> dict:
   config = config.copy_and_resolve_references()
   config.eval.only, config.eval.checkpoint = True, str(checkpoint_dir)
-  evaluator.evaluate_checkpoint(config, str(workdir))
+  evaluate_only.evaluate_checkpoint(config, str(workdir))
   return json.loads((workdir / 'detections' / 'evaluation.json').read_text())['results']
 
 
@@ -125,7 +126,7 @@ def test_npy_files_of_any_length_through_the_command_line(trained, tmp_path):
   (official / config.data.train_split).symlink_to(
       pathlib.Path(config.data.features_root) / config.data.train_split)
   for r, length in zip(records, LENGTHS * 2):
-    features_SxF = postprocess.linear_resize(r.features_TxF, length)
+    features_SxF = resample.linear_resize(r.features_TxF, length)
     np.save(inputs / f'{r.vid_name}.npy', features_SxF)
     resampled_TxF = unannotated.resample_snippets(features_SxF, config.data.num_segments)
     half = resampled_TxF.shape[1] // 2
@@ -233,7 +234,7 @@ def test_resampling_to_num_segments(num_in):
   if num_in == 8:
     np.testing.assert_array_equal(resampled, x_SxF)
   elif num_in < 8:
-    np.testing.assert_array_equal(resampled, postprocess.linear_resize(x_SxF, 8))
+    np.testing.assert_array_equal(resampled, resample.linear_resize(x_SxF, 8))
   else:
     np.testing.assert_allclose(resampled, naive_span_means(x_SxF, 8), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(resampled.mean(0), x_SxF.mean(0), rtol=1e-5, atol=1e-6)

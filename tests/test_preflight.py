@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from backtal_jax import errors
-from backtal_jax import preflight
+from backtal_jax.core import errors
 from backtal_jax.data import features
+from backtal_jax.run import preflight
 from configs import thumos
 from tests import npz_files
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from backtal_jax import progress
-from backtal_jax import reporting
+from backtal_jax.reporting import evaluation_report
+from backtal_jax.reporting import progress
 
 
 class FakeClock:
@@ -56,17 +56,17 @@ def test_evaluations_after():
 
 def summary(map_at_half, seconds=2.0):
   thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-  result = reporting.summarize(np.asarray([0.7, 0.6, 0.5, 0.5, map_at_half, 0.3, 0.2]),
+  result = evaluation_report.summarize(np.asarray([0.7, 0.6, 0.5, 0.5, map_at_half, 0.3, 0.2]),
                                thresholds)
   result['seconds'] = seconds
   return result
 
 
 def test_evaluation_line_marks_the_new_best():
-  line = reporting.evaluation_line(summary(0.4), epoch=3, split='test', metric='map@0.5',
+  line = evaluation_report.evaluation_line(summary(0.4), epoch=3, split='test', metric='map@0.5',
                                    best=0.4, best_epoch=3)
   assert line == 'epoch 3 test | mAP@0.5 40.00 | avg 0.1:0.7 45.71 | new best | 2.0 s'
-  line = reporting.evaluation_line(summary(0.3), epoch=4, split='heldout', metric='map@0.5',
+  line = evaluation_report.evaluation_line(summary(0.3), epoch=4, split='heldout', metric='map@0.5',
                                    best=0.4, best_epoch=3)
   assert line == ('epoch 4 heldout | mAP@0.5 30.00 | avg 0.1:0.7 44.29 | '
                   'best map@0.5 40.00 at epoch 3 | 2.0 s')

@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from backtal_jax import checkpoint
-from backtal_jax import finiteness
-from backtal_jax import train
-from backtal_jax import train_state
-from backtal_jax import workdir_lock
 from backtal_jax.data import datasets
 from backtal_jax.data import features
 from backtal_jax.data import pipeline
+from backtal_jax.run import checkpoint
+from backtal_jax.run import finiteness
+from backtal_jax.run import train
+from backtal_jax.run import train_state
+from backtal_jax.run import workdir_lock
 from configs import thumos
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_ctrl_c_saves_stops_with_130_and_logs_the_resume_command(tmp_path):
 
 CHILD = """
 import os, signal, sys, time
-from backtal_jax import stop_signals
+from backtal_jax.run import stop_signals
 with stop_signals.Preemption() as preemption:
   print('ready', flush=True)
   while not preemption.requested:
@@ -164,7 +164,7 @@ def test_a_second_ctrl_c_stops_at_once():
 
 HOLDER = """
 import sys, time
-from backtal_jax import workdir_lock
+from backtal_jax.run import workdir_lock
 with workdir_lock.held(sys.argv[1]):
   print('held', flush=True)
   time.sleep(120)

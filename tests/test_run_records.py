@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from backtal_jax import run_records
+from backtal_jax.reporting import run_records
 from configs import activitynet12
 from configs import hacs
 from configs import thumos

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from backtal_jax import sharding
+from backtal_jax.core import sharding
 
 
 def test_mesh_over_all_devices():

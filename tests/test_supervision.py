@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from backtal_jax.data import annotations, datasets, supervision
+from backtal_jax.data import annotations
+from backtal_jax.data import datasets
+from backtal_jax.data import supervision
 
 C = 20
 IGNORE = -100

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests import npz_files
-from configs import thumos
 from backtal_jax.data import pipeline
+from configs import thumos
+from tests import npz_files
 
 pytest.importorskip('tensorflow_datasets', reason="the optional 'tfds' extra is not installed")
 from backtal_jax.data import tfds_builder  # pylint: disable=wrong-import-position

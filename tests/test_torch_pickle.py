@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from backtal_jax import checkpoint
-from backtal_jax import torch_pickle
+from backtal_jax.model import official_weights
+from backtal_jax.model import torch_pickle
 from tests import reference
 
 torch = pytest.importorskip('torch')
@@ -58,7 +58,8 @@ READER = textwrap.dedent('''
     sys.modules['torch'] = None  # `import torch` now raises ImportError
     from flax import traverse_util
     import numpy as np
-    from backtal_jax import checkpoint, torch_pickle
+    from backtal_jax.run import checkpoint
+    from backtal_jax.model import torch_pickle
     try:
       import torch
       sys.exit('torch could be imported')
@@ -68,7 +69,7 @@ READER = textwrap.dedent('''
       raw = torch_pickle.load(path)
       arrays = raw.get('state_dict', raw)
       np.savez(path + '.raw.npz', **arrays)
-      params = checkpoint.load_official_checkpoint(path)
+      params = official_weights.load_official_checkpoint(path)
       flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(params).items()}
       np.savez(path + '.params.npz', **flat)
       print(path, type(arrays).__name__, raw.get('epoch'))
@@ -102,7 +103,7 @@ def test_reads_what_torch_load_reads(read_without_torch, name, zip_format, layou
     for key, tensor in expected_state_dict.items():
       np.testing.assert_array_equal(raw[key], tensor.numpy())
       assert raw[key].dtype == tensor.numpy().dtype
-  reference_params = checkpoint.params_from_torch(expected_state_dict)
+  reference_params = official_weights.params_from_torch(expected_state_dict)
   with np.load(f'{path}.params.npz') as params:
     flat = {tuple(k.split('/')): params[k] for k in params.files}
   expected_flat = {tuple(str(p.key) for p in path): leaf for path, leaf in
@@ -128,8 +129,8 @@ def test_a_non_tensor_global_is_refused(tmp_path, zip_format):
   path = tmp_path / 'trojan.pth'
   torch.save({'state_dict': official_model_state_dict(), 'hook': RunsACommand(f'touch {marker}')},
              path, _use_new_zipfile_serialization=zip_format)
-  with pytest.raises(checkpoint.CheckpointError) as error:
-    checkpoint.load_official_checkpoint(path)
+  with pytest.raises(official_weights.CheckpointError) as error:
+    official_weights.load_official_checkpoint(path)
   message = str(error.value)
   assert str(path) in message and f'{os.system.__module__}.system' in message
   assert not marker.exists()
@@ -166,13 +167,13 @@ def test_views_and_dtypes_match_torch(tmp_path):
 def test_unreadable_files_are_one_error_naming_the_file(tmp_path, content):
   path = tmp_path / 'broken.pth'
   path.write_bytes(content)
-  with pytest.raises(checkpoint.CheckpointError, match='broken.pth'):
-    checkpoint.load_official_checkpoint(path)
+  with pytest.raises(official_weights.CheckpointError, match='broken.pth'):
+    official_weights.load_official_checkpoint(path)
 
 
 def test_truncated_file_is_refused(tmp_path):
   path = tmp_path / 'cut.pth'
   save(path, False, 'official')
   path.write_bytes(path.read_bytes()[:-100])
-  with pytest.raises(checkpoint.CheckpointError, match='cut.pth: .*ends early'):
-    checkpoint.load_official_checkpoint(path)
+  with pytest.raises(official_weights.CheckpointError, match='cut.pth: .*ends early'):
+    official_weights.load_official_checkpoint(path)

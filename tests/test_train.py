@@ -10,17 +10,17 @@ import jax
 import numpy as np
 import pytest
 
-from backtal_jax import checkpoint
-from backtal_jax import errors
-from backtal_jax import evaluation
-from backtal_jax import evaluator
-from backtal_jax import sharding
-from backtal_jax import stop_signals
-from backtal_jax import train
-from backtal_jax import train_state
+from backtal_jax.core import errors
+from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
+from backtal_jax.evaluation import mean_ap
+from backtal_jax.run import checkpoint
+from backtal_jax.run import evaluate_only
+from backtal_jax.run import stop_signals
+from backtal_jax.run import train
+from backtal_jax.run import train_state
 from configs import thumos
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
   assert len(results['mAP']) == 9
   config = debug_config()
   ground_truth = str(annotations.load_ground_truth(config.eval.ground_truth).path)
-  selection = [evaluation.detection_map(
+  selection = [mean_ap.detection_map(
       ground_truth, str(workdir / 'detections' / f'epoch_{epoch:03d}.json'),
       subset=config.eval.subset, tiou_thresholds=(0.5,))[0][0] for epoch in (1, 2)]
   assert results['best_epoch'] == 1 + int(np.argmax(selection))  # the first epoch wins a tie
@@ -79,7 +79,7 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
 
   config.data.features_root = testbed
   config.eval.only = True
-  summary = evaluator.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
+  summary = evaluate_only.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
   np.testing.assert_allclose(summary['mAP'], results['mAP'], rtol=0, atol=1e-12)
 
 
@@ -91,7 +91,7 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   config.data.features_root = testbed
   config.eval.only = True
   config.eval.checkpoint = str(trained / 'best')
-  summary = evaluator.evaluate_checkpoint(config, str(tmp_path / 'eval'))
+  summary = evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
   results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
   assert results['checkpoint'] == config.eval.checkpoint
   assert results['mAP'] == summary['mAP']
@@ -115,7 +115,7 @@ def test_heldout_selection_by_average_map_scores_the_test_split_once(tmp_path, t
   config = debug_config()
   heldout_json = datasets.heldout_ground_truth_json(
       annotations.load_ground_truth(config.eval.ground_truth).path, sorted(names))
-  averages = [evaluation.detection_map(heldout_json, d, subset=config.data.train_split,
+  averages = [mean_ap.detection_map(heldout_json, d, subset=config.data.train_split,
                                        tiou_thresholds=config.eval.tiou_thresholds)[1]
               for d in heldout]
   assert results['best_epoch'] == 1 + int(np.argmax(averages))
@@ -127,7 +127,7 @@ def test_evaluation_of_a_missing_checkpoint_creates_nothing(testbed, tmp_path):
   config.eval.only = True
   config.eval.checkpoint = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='No checkpoint folder at .*nowhere'):
-    evaluator.evaluate_checkpoint(config, str(tmp_path / 'eval'))
+    evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
   assert not (tmp_path / 'nowhere').exists()
 
 
@@ -142,9 +142,9 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed, uninterrupte
 
 
 class PreemptedAfter:
-  """Stands in for stop_signals.Preemption: reports a SIGTERM from the `checks`-th look on. The loop looks
-  at its sync points only; in the debug config (3 steps an epoch, logging every 2) those are steps
-  2, 3, 4 and 6, so checks=3 stops mid-epoch, at step 4."""
+  """Stands in for stop_signals.Preemption: reports a SIGTERM from the `checks`-th look on. The loop
+  looks at its sync points only; in the debug config (3 steps an epoch, logging every 2) those are
+  steps 2, 3, 4 and 6, so checks=3 stops mid-epoch, at step 4."""
 
   signum = 15  # SIGTERM
 

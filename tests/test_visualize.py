@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from backtal_jax import postprocess
-from backtal_jax import visualize
 from backtal_jax.data import annotations
+from backtal_jax.evaluation import postprocess
+from backtal_jax.evaluation import visualize
 from configs import thumos
 
 CLASS_NAMES = ('jump', 'throw', 'dive', 'run')

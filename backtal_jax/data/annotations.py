@@ -14,9 +14,11 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any
+from typing import Mapping
+from typing import Sequence
 
-from backtal_jax import errors
+from backtal_jax.core import errors
 from backtal_jax.data import resources
 
 PathLike = str | os.PathLike

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import annotations
 from backtal_jax.data import clicks as clicks_lib
 from backtal_jax.data import seeding
-from backtal_jax.data.features import IGNORE_LABEL
 
 
 def background_gaps(video: annotations.Video) -> list[tuple[float, float]]:

@@ -20,15 +20,16 @@ import csv
 import dataclasses
 import logging
 import pathlib
-from typing import Mapping, Sequence
+from typing import Mapping
+from typing import Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
 
-from backtal_jax import errors
+from backtal_jax.core import errors
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import annotations
-from backtal_jax.data.features import IGNORE_LABEL
 from backtal_jax.data import seeding
 
 BACKGROUND_TAG = 'background_background'

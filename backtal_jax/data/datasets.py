@@ -17,8 +17,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from backtal_jax import errors
-from backtal_jax import files
+from backtal_jax.core import errors
+from backtal_jax.core import files
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import feeds

@@ -1,9 +1,9 @@
 """Checks of the official feature files from their .npy headers and small keys only.
 
 The features themselves are never read (HACS holds 62 GB of them), so a scan of every file costs
-about a second for THUMOS14: the training pre-flight (`backtal_jax.preflight`) and the TFDS builder
-run it before any work. Values (NaN, inf, float32 overflow) are checked by `features.read_video`
-when the features are read.
+about a second for THUMOS14: the training pre-flight (`backtal_jax.run.preflight`) and the TFDS
+builder run it before any work. Values (NaN, inf, float32 overflow) are checked by
+`features.read_video` when the features are read.
 """
 
 import collections
@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import features
 
 SCAN_THREADS = 8  # files whose headers are read at once (network file systems hide latency)
@@ -51,11 +52,11 @@ def _point_label_problems(value: np.ndarray, num_segments: int, num_classes: int
   value = np.ravel(value)
   if value.shape != (num_segments,):
     return [f'length {value.size}, expected {num_segments} (one label per snippet)']
-  valid = (value == features.IGNORE_LABEL) | ((value >= 0) & (value <= num_classes) &
+  valid = (value == IGNORE_LABEL) | ((value >= 0) & (value <= num_classes) &
                                               (value == np.round(value)))
   if not valid.all():
     return [f'values {np.unique(value[~valid])[:10].tolist()}, expected '
-            f'{features.IGNORE_LABEL} (no click), 0..{num_classes - 1} (action click) or '
+            f'{IGNORE_LABEL} (no click), 0..{num_classes - 1} (action click) or '
             f'{num_classes} (background click)']
   return []
 

@@ -15,9 +15,9 @@ import zlib
 
 import numpy as np
 
-from backtal_jax import errors
+from backtal_jax.core import errors
+from backtal_jax.core.labels import IGNORE_LABEL
 
-IGNORE_LABEL = -100  # click label of snippets without a click, as in the official files
 METADATA_MISSING = -1  # frame_num, fps and duration of videos whose file does not store them
 NPZ_MAGIC = b'PK\x03\x04'  # every .npz is a zip archive
 NPY_MAGIC = b'\x93NUMPY'

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from backtal_jax import sharding
-from backtal_jax.data import features
+from backtal_jax.core import sharding
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import pipeline
 
 MODES = ('auto', 'always', 'never')
@@ -91,7 +91,7 @@ def gather_batch(table: dict[str, jax.Array], index_B: jax.Array) -> dict[str, j
   valid, labels_BxC = rows(table['video_labels'])
   batch['video_labels'] = jnp.where(valid, labels_BxC, 0)
   valid, clicks_BxT = rows(table['click_labels'])
-  batch['click_labels'] = jnp.where(valid, clicks_BxT, features.IGNORE_LABEL)
+  batch['click_labels'] = jnp.where(valid, clicks_BxT, IGNORE_LABEL)
   batch['mask'] = valid_B.astype(jnp.float32)
   batch['index'] = index_B
   # The barrier keeps the gather out of the model's fusions, so that the step computes exactly as

@@ -12,18 +12,22 @@ Choices, each for a reason:
   so memory is bounded by the prefetch depth, not by the dataset (HACS: 62 GB of features).
 """
 
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 import concurrent.futures
 import dataclasses
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
+from typing import Protocol
 
 import ml_collections
 import numpy as np
 
-from backtal_jax import errors
+from backtal_jax.core import errors
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import features
 
 
@@ -194,7 +198,7 @@ def read_batch(source: Source, indices: np.ndarray, spec: BatchSpec,
   batch = {
       'features': np.zeros((size, spec.num_segments, spec.feature_dim), np.float32),
       'video_labels': np.zeros((size, spec.num_classes), np.float32),
-      'click_labels': np.full((size, spec.num_segments), features.IGNORE_LABEL, np.int32),
+      'click_labels': np.full((size, spec.num_segments), IGNORE_LABEL, np.int32),
       'mask': (indices >= 0).astype(np.float32),
       'index': indices.astype(np.int32),
   }

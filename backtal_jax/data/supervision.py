@@ -6,7 +6,7 @@ per-video point labels simulated from the ground truth (`click_simulation.simula
 
 import numpy as np
 
-from backtal_jax.data.features import IGNORE_LABEL
+from backtal_jax.core.labels import IGNORE_LABEL
 
 SUPERVISIONS = ('none', 'background', 'action', 'both')
 

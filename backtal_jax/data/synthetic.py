@@ -30,14 +30,15 @@ import os
 import pathlib
 import sys
 import time
+from typing import Mapping
+from typing import Sequence
 import zipfile
-from typing import Mapping, Sequence
 
 from absl import flags
 import ml_collections
 import numpy as np
 
-from backtal_jax import errors
+from backtal_jax.core import errors
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import clicks as clicks_lib

@@ -13,12 +13,12 @@ batches. Splits keep the official names (THUMOS14: 'val' and 'test').
 import dataclasses
 import os
 
-import numpy as np
-import tensorflow_datasets as tfds
 from absl import flags
 from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
 
-from backtal_jax import errors
+from backtal_jax.core import errors
 from backtal_jax.data import feature_scan
 from backtal_jax.data import features
 

@@ -10,16 +10,17 @@ hold config.data.num_segments snippets (THUMOS14: 750) whatever the video's leng
 model only ever saw that length, and post-processing stretches its CAS back to `frame_num`.
 """
 
+from collections.abc import Sequence
 import csv
 import dataclasses
 import pathlib
-from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
-from backtal_jax import errors
-from backtal_jax import postprocess
+from backtal_jax.core import errors
+from backtal_jax.core import resample
+from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import annotations
 from backtal_jax.data import features
 
@@ -198,12 +199,12 @@ def span_means(features_SxF: np.ndarray, num_segments: int) -> np.ndarray:
 def resample_snippets(features_SxF: np.ndarray, num_segments: int) -> np.ndarray:
   """[S, F] snippets -> [T, F], T = num_segments, float32: unchanged when S = T; stretched by
   linear interpolation at the snippet centres when S < T (as post-processing stretches the CAS,
-  postprocess.linear_resize); shrunk by span means when S > T."""
+  resample.linear_resize); shrunk by span means when S > T."""
   num_in = features_SxF.shape[0]
   if num_in == num_segments:
     return np.asarray(features_SxF, np.float32)
   if num_in < num_segments:
-    return postprocess.linear_resize(features_SxF, num_segments)
+    return resample.linear_resize(features_SxF, num_segments)
   return span_means(features_SxF, num_segments)
 
 
@@ -235,7 +236,7 @@ def example(video: UnannotatedVideo, features_SxF: np.ndarray,
       'vid_name': video.vid_name,
       'features': resample_snippets(features_SxF, num_segments),
       'video_labels': np.zeros((config.model.num_classes,), np.float32),
-      'click_labels': np.full((num_segments,), features.IGNORE_LABEL, np.int32),
+      'click_labels': np.full((num_segments,), IGNORE_LABEL, np.int32),
       'frame_num': np.int64(video.frame_num),
       'fps': np.float64(video.fps),
       'duration': np.float64(video.duration),

@@ -1,26 +1,24 @@
-"""Checkpoints: orbax for backtal_jax runs, and the official PyTorch state dicts and .pth files.
+"""The official PyTorch weights: state dicts and .pth files as BackTAL parameters.
 
 The official modules are Conv1d layers with weights [out, in, k]; backtal_jax keeps Flax layouts
 (Dense kernels [in, out], Conv kernels [k, in, out]) under the same module names. .pth files are
-read by `torch_pickle`, without PyTorch. Every restore first compares the checkpoint's parameter
-shapes with the config's model (`check_param_shapes`), so that a width mismatch is one message
-naming the parameter, not a deep Flax or tensorstore error.
+read by `torch_pickle`, without PyTorch. Every restore, official or orbax, first compares the
+checkpoint's parameter shapes with the config's model (`check_param_shapes`), so that a width
+mismatch is one message naming the parameter, not a deep Flax or tensorstore error.
 """
 
 import pathlib
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
-from etils import epath
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from backtal_jax import errors
-from backtal_jax import models
-from backtal_jax import torch_pickle
+from backtal_jax.core import errors
+from backtal_jax.model import network
+from backtal_jax.model import torch_pickle
 
-# official name -> (flax path, kernel size of the Conv1d, has a bias)
 _LAYERS = {
     'filter_module.conv_1.0': (('filter_module', 'conv_1'), 1, True),
     'filter_module.conv_2.0': (('filter_module', 'conv_2'), 1, True),
@@ -31,14 +29,15 @@ _LAYERS = {
     'classifier_module.conv': (('classifier_module', 'conv'), 1, False),
 }
 
-# (layer whose output width, layer whose input width) must agree
+
 _CHAINED = [
     ('filter_module.conv_1.0', 'filter_module.conv_2.0'),
     ('embedding_module.conv_1', 'embedding_module.conv_2'),
     ('base_module.conv_1', 'base_module.conv_2'),
     ('base_module.conv_2', 'classifier_module.conv'),
 ]
-# layers that read the input features
+
+
 _FEATURE_READERS = ['filter_module.conv_1.0', 'embedding_module.conv_1', 'base_module.conv_1']
 
 
@@ -98,7 +97,7 @@ def _flax_kernel(weight_OxIxK: np.ndarray) -> np.ndarray:
 
 
 def params_from_torch(state_dict: Mapping[str, Any]) -> dict:
-  """Flax parameters of backtal_jax.models.BackTAL from an official state dict.
+  """Flax parameters of backtal_jax.model.network.BackTAL from an official state dict.
 
   Args:
     state_dict: official parameter names (with or without a `module.` prefix, as DataParallel
@@ -166,7 +165,7 @@ def load_official_checkpoint(path: str | pathlib.Path, params_like: Any = None) 
 
 def model_param_shapes(config: ml_collections.ConfigDict) -> Any:
   """The parameter shapes the config's model creates (nothing is allocated)."""
-  model = models.BackTAL(**config.model)
+  model = network.BackTAL(**config.model)
   features = jax.ShapeDtypeStruct((1, config.data.num_segments, config.model.feat_dim), np.float32)
   return jax.eval_shape(model.init, jax.random.key(0), features)['params']
 
@@ -219,104 +218,3 @@ def check_param_shapes(found: Any, expected: Any, source: str, *,
       name, have = describe(path, shape)
       raise CheckpointError(f'{source}: parameter {name} (shape {have}) is not part of the '
                             'config\'s model')
-
-
-def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
-  """The parameter shapes of an orbax step, from its metadata (no array is read): best/ steps
-  hold the parameters alone, checkpoints/ steps hold them inside the TrainState."""
-  step_dir = manager.directory / str(step)
-  if (step_dir / 'params').exists():  # best/: the parameters alone
-    return ocp.StandardCheckpointHandler().metadata(step_dir / 'params').tree
-  return ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree['params']
-
-
-class Checkpoints:
-  """Orbax checkpoints of a run: the latest ones (to resume) and the best one, kept apart.
-
-  A latest checkpoint holds the whole TrainState (parameters, optimiser, step, RNG) and a JSON
-  record with the data position and the run's history, so that a resumed run continues
-  bit-identically. The best one holds the parameters and the record only: what evaluation and
-  prediction read, and what people share (Adam's two moments would triple its size).
-  """
-
-  def __init__(self, workdir: str, max_to_keep: int = 2):
-    root = epath.Path(workdir)
-    self.latest = ocp.CheckpointManager(
-        root / 'checkpoints', options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
-    self.best = ocp.CheckpointManager(
-        root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1))
-
-  @staticmethod
-  def _save(manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
-    if step in manager.all_steps():
-      return
-    manager.save(step, args=ocp.args.Composite(**items))
-
-  def save(self, state: Any, record: dict, *, is_best: bool = False) -> None:
-    step = int(jax.device_get(state.step))
-    self._save(self.latest, step, state=ocp.args.StandardSave(state),
-               record=ocp.args.JsonSave(record))
-    if is_best:
-      self._save(self.best, step, params=ocp.args.StandardSave(state.params),
-                 record=ocp.args.JsonSave(record))
-
-  def latest_step(self) -> int | None:
-    return self.latest.latest_step()
-
-  def restore_latest(self, state_like: Any) -> tuple[Any, dict]:
-    """The latest checkpoint, sharded like `state_like` (a TrainState or its abstract shapes)."""
-    step = self.latest.latest_step()
-    check_param_shapes(stored_param_shapes(self.latest, step), state_like.params,
-                       str(self.latest.directory / str(step)))
-    return restore(self.latest, step, state_like)
-
-  def wait_until_finished(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
-
-  def close(self) -> None:
-    self.latest.close()
-    self.best.close()
-
-
-def restore(manager: ocp.CheckpointManager, step: int, state_like: Any) -> tuple[Any, dict]:
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
-  return restored.state, restored.record
-
-
-def _params_from_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
-  """The parameters of a step that holds them alone (best/) or inside a TrainState (checkpoints/,
-  and best/ folders written before it held parameters only); the optimiser state is not read."""
-  if 'params' in manager.item_metadata(step):
-    return manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target))).params
-  partial = {'params': target}
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=partial, restore_args=ocp.checkpoint_utils.construct_restore_args(partial),
-      partial_restore=True))).state['params']
-
-
-def restore_params(path: str, params_like: Any) -> Any:
-  """Parameters to evaluate: from an official .pth file, or the newest step of an orbax folder
-  (a run's workdir/best or workdir/checkpoints), sharded like `params_like` (parameters or their
-  abstract shapes)."""
-  if str(path).endswith('.pth'):
-    return load_official_checkpoint(path, params_like)
-  if not epath.Path(path).is_dir():  # checked first: a CheckpointManager would create the folder
-    raise FileNotFoundError(f'No checkpoint folder at {path} (config.eval.checkpoint): give an '
-                            'orbax folder such as WORKDIR/best, or an official .pth file')
-  manager = ocp.CheckpointManager(epath.Path(path), item_handlers={
-      'params': ocp.StandardCheckpointHandler(), 'state': ocp.PyTreeCheckpointHandler(),
-      'record': ocp.JsonCheckpointHandler()})
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
-    check_param_shapes(stored_param_shapes(manager, step), params_like,
-                       str(manager.directory / str(step)))
-    return _params_from_step(manager, step,
-                             jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
-  finally:
-    manager.close()

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from backtal_jax.data.features import IGNORE_LABEL
-from backtal_jax.models import num_topk
-from backtal_jax.models import topk_mean_over_time
+from backtal_jax.core.labels import IGNORE_LABEL
+from backtal_jax.model.topk import num_topk
+from backtal_jax.model.topk import topk_mean_over_time
 
 
 def _at_least_f32(x: jax.Array) -> jax.Array:

@@ -2,7 +2,7 @@
 
 A kernel-3 temporal convolution whose output at frame t mixes the three taps x[t-1], x[t], x[t+1]
 with cosine similarities s_k(t) of the embedding at t and at t+k-1 (k = 0, 1, 2; similarity with
-the zero padding beyond either end is 0). Two semantics:
+the zero padding beyond either end is 0). Two forms (`affinity`):
 
 - 'paper': tap k is weighted by its own similarity:
     out[t] = sum_k s_k(t) * (x[t+k-1] @ W[k]).
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SEMANTICS = ('official', 'paper')
+AFFINITIES = ('official', 'paper')
 KERNEL_SIZE = 3
 
 
@@ -112,24 +112,24 @@ def official_by_convolution(x_BxTxI, similarity_BxTx3, kernel_KxIxO, precision=N
 _ONE_VIDEO = {'official': _official_one_video, 'paper': _paper_one_video}
 
 
-def check_semantics(semantics: str) -> None:
-  if semantics not in SEMANTICS:
-    raise ValueError(f'affinity semantics must be one of {SEMANTICS}, got {semantics!r}')
+def check_affinity(affinity: str) -> None:
+  if affinity not in AFFINITIES:
+    raise ValueError(f'affinity must be one of {AFFINITIES}, got {affinity!r}')
 
 
-@functools.partial(jax.jit, static_argnames=('semantics', 'precision'))
+@functools.partial(jax.jit, static_argnames=('affinity', 'precision'))
 def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array, *,
-                  semantics: str = 'official', precision=None) -> jax.Array:
+                  affinity: str = 'official', precision=None) -> jax.Array:
   """The affinity convolution of a batch: [B, T, I] -> [B, T, O].
 
   'official' is lowered per platform: on TPUs as `official_by_convolution` (by the TPU compiler's
   count it moves fewer bytes, see benchmarks/RESULTS.md), elsewhere as the per-video products,
   measured faster on CPUs and on an H100.
   """
-  check_semantics(semantics)
-  one_video = functools.partial(_ONE_VIDEO[semantics], precision=precision)
+  check_affinity(affinity)
+  one_video = functools.partial(_ONE_VIDEO[affinity], precision=precision)
   by_products = lambda *args: jax.vmap(one_video, in_axes=(0, 0, None))(*args)
-  if semantics == 'paper':
+  if affinity == 'paper':
     return by_products(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   return jax.lax.platform_dependent(
       x_BxTxI, similarity_BxTx3, kernel_KxIxO, default=by_products,

@@ -9,10 +9,9 @@ the whole batch.
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -30,28 +29,6 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Parameters and optimiser state: a full copy on every device."""
   return NamedSharding(mesh, P())
-
-
-def batch_shards(x: jax.Array) -> int:
-  """How many blocks of rows the first axis of `x` is split into (1 outside a mesh)."""
-  typed = jax.typeof(x).sharding
-  axes = typed.spec[0] if typed.spec else None
-  if axes is None:
-    return 1
-  axes = axes if isinstance(axes, tuple) else (axes,)
-  return int(np.prod([typed.mesh.shape[axis] for axis in axes]))
-
-
-def reshape_rows(x: jax.Array, shape: Sequence[int]) -> jax.Array:
-  """`x` reshaped with its first axis's sharding kept on the first axis.
-
-  Left to itself, explicit sharding moves the split to the next axis when the first one has
-  size 1 (a one-device mesh), and drops it when such an axis is merged back.
-  """
-  rows = jax.typeof(x).sharding.spec
-  if not rows or rows[0] is None:
-    return x.reshape(shape)
-  return jnp.reshape(x, shape, out_sharding=P(rows[0]))
 
 
 def check_global_batch_size(global_batch_size: int, num_devices: int | None = None) -> None:

@@ -11,13 +11,16 @@ classes and the thresholds. The official behaviour is reproduced on purpose, inc
 * `fps` plays no part: segments are `index / frame_num * duration`.
 
 Ties in NMS are broken as a stable sort would (the proposal made later ranks first), the same
-rule `backtal_jax.evaluation` uses.
+rule `backtal_jax.evaluation.mean_ap` uses.
 """
 
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import ml_collections
 import numpy as np
+
+from backtal_jax.core import resample
 
 
 def minmax_over_time(x_T: np.ndarray) -> np.ndarray:
@@ -39,33 +42,6 @@ def feature_magnitudes(feature_TxH: np.ndarray) -> np.ndarray:
   feature_TxH = np.asarray(feature_TxH, np.float64)
   norm_T = np.sqrt(np.einsum('th,th->t', feature_TxH, feature_TxH)).astype(np.float32)
   return np.clip(minmax_over_time(norm_T), 0, 1)
-
-
-def linear_resize(x_TxX: np.ndarray, length: int) -> np.ndarray:
-  """Stretches x along axis 0 to `length` rows exactly as cv2.resize(INTER_LINEAR) on float32.
-
-  OpenCV samples source position (i + 0.5) * scale - 0.5 (computed in double, stored as float32),
-  clamps it at both ends and blends the two neighbours with float32 weights.
-  """
-  x_TxX = np.asarray(x_TxX, np.float32)
-  num_in = x_TxX.shape[0]
-  if length == num_in:
-    return x_TxX.copy()
-  scale = 1.0 / (length / num_in)
-  pos_L = ((np.arange(length) + 0.5) * scale - 0.5).astype(np.float32)
-  left_L = np.floor(pos_L)
-  frac_L = pos_L - left_L
-  left_L = left_L.astype(np.int64)
-  before_start = left_L < 0
-  past_end = left_L >= num_in - 1
-  frac_L[before_start | past_end] = 0
-  left_L[before_start] = 0
-  left_L[past_end] = num_in - 1
-  right_L = np.minimum(left_L + 1, num_in - 1)
-  weight_left = (np.float32(1) - frac_L)[:, None]
-  weight_right = frac_L[:, None]
-  blended = x_TxX[left_L] * weight_left + x_TxX[right_L] * weight_right
-  return np.where(past_end[:, None], x_TxX[left_L] * weight_left, blended)
 
 
 def threshold_range(start: float, stop: float, step: float) -> np.ndarray:
@@ -183,11 +159,11 @@ def proposal_signals(cas_TxC1: np.ndarray, feature_TxH: np.ndarray, classes: Seq
 
   detect_video and the plots both call this, so a plot shows exactly what made each proposal.
   """
-  scores_LxA = linear_resize(minmax_normalize_cas(cas_TxC1)[:, np.asarray(classes, np.int64)],
-                             frame_num)
+  cas_TxA = minmax_normalize_cas(cas_TxC1)[:, np.asarray(classes, np.int64)]
+  scores_LxA = resample.linear_resize(cas_TxA, frame_num)
   magnitudes_L = None
   if eval_config.feature_proposals:
-    magnitudes_L = linear_resize(feature_magnitudes(feature_TxH)[:, None], frame_num)[:, 0]
+    magnitudes_L = resample.linear_resize(feature_magnitudes(feature_TxH)[:, None], frame_num)[:, 0]
   return scores_LxA, magnitudes_L
 
 

@@ -1,6 +1,7 @@
 """What an evaluation reports: the averages users quote, the summary, tables and console lines."""
 
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import numpy as np
 

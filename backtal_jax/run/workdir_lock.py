@@ -18,7 +18,7 @@ from typing import Iterator
 
 from absl import logging
 
-from backtal_jax import errors
+from backtal_jax.core import errors
 
 LOCK_NAME = 'LOCK'
 

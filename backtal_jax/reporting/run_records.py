@@ -8,7 +8,7 @@
 - `run.json`: the command, host, start time, versions of the libraries, the devices and the git
   commit of the code (when it is a git checkout);
 - `logs/`: one log file per invocation and process, the console's lines;
-- `phases.json`: where this invocation's wall time went (backtal_jax/phase_times.py), at its end.
+- `phases.json`: where this invocation's wall time went (reporting/phase_times.py), at its end.
 Each invocation rewrites the first three and the last; a resumed run with other settings shows
 the latest.
 """
@@ -23,15 +23,17 @@ import pathlib
 import socket
 import subprocess
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any
+from typing import Iterator
+from typing import Sequence
 
 from absl import logging as absl_logging
 from etils import epath
 import jax
 import ml_collections
 
-from backtal_jax import files
-from backtal_jax import logs
+from backtal_jax.core import files
+from backtal_jax.reporting import logs
 
 LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'ml_collections')
 _TYPES = {'str': str, 'int': int, 'float': float, 'bool': bool}

@@ -9,34 +9,32 @@ import dataclasses
 import functools
 import json
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any
+from typing import Mapping
+from typing import Sequence
 
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from backtal_jax import checkpoint
-from backtal_jax import errors
-from backtal_jax import evaluation
-from backtal_jax import files
-from backtal_jax import models
-from backtal_jax import postprocess
-from backtal_jax import preflight
-from backtal_jax import reporting
-from backtal_jax import run_records
-from backtal_jax import sharding
-from backtal_jax import train_state
-from backtal_jax import visualize
+from backtal_jax.core import errors
+from backtal_jax.core import files
+from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
+from backtal_jax.evaluation import mean_ap
+from backtal_jax.evaluation import postprocess
+from backtal_jax.evaluation import visualize
+from backtal_jax.model import network
+from backtal_jax.reporting import evaluation_report
 
 
-def eval_step(params, features_BxTxF, *, model: models.BackTAL) -> dict:
+def eval_step(params, features_BxTxF, *, model: network.BackTAL) -> dict:
   """What post-processing needs, reduced on the device: feature_supp_1 only through its norm."""
   outputs = model.apply({'params': params}, features_BxTxF, deterministic=True)
   return {
@@ -46,7 +44,7 @@ def eval_step(params, features_BxTxF, *, model: models.BackTAL) -> dict:
   }
 
 
-def jit_eval_step(model: models.BackTAL, mesh: jax.sharding.Mesh):
+def jit_eval_step(model: network.BackTAL, mesh: jax.sharding.Mesh):
   data = sharding.batch_sharding(mesh)
   return jax.jit(functools.partial(eval_step, model=model),
                  in_shardings=(sharding.replicated_sharding(mesh), data), out_shardings=data)
@@ -96,10 +94,10 @@ def score_detections(detections: dict, split: datasets.EvalSplit,
                     'false positives: %s', len(missing), len(detections), split.subset,
                     split.ground_truth.path, ', '.join(missing))
   thresholds = tuple(config.eval.tiou_thresholds)
-  map_U, _ = evaluation.detection_map(split.ground_truth_json,
-                                      reporting.detections_file(detections), subset=split.subset,
-                                      tiou_thresholds=thresholds)
-  summary = reporting.summarize(map_U, thresholds)
+  map_U, _ = mean_ap.detection_map(split.ground_truth_json,
+                                   evaluation_report.detections_file(detections),
+                                   subset=split.subset, tiou_thresholds=thresholds)
+  summary = evaluation_report.summarize(map_U, thresholds)
   summary['selection'] = selection_metric(summary, config.train.selection_metric)
   return summary
 
@@ -116,7 +114,7 @@ class Scored:
 class Evaluator:
   """A model on a mesh, turned into detections, scores and the files a researcher reads."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model: models.BackTAL,
+  def __init__(self, config: ml_collections.ConfigDict, model: network.BackTAL,
                mesh: jax.sharding.Mesh, workdir: str = ''):
     """`workdir`: where `evaluate` and `write_results` write (prediction writes elsewhere)."""
     self.config, self.mesh, self.workdir = config, mesh, workdir
@@ -178,7 +176,7 @@ class Evaluator:
       folder = epath.Path(self.workdir) / 'detections'
       folder.mkdir(parents=True, exist_ok=True)
       files.write_json_atomically(folder / f'{tag}.json',
-                                  reporting.detections_file(scored.detections))
+                                  evaluation_report.detections_file(scored.detections))
       missing = sorted(set(plot_videos) - set(scored.detections))
       if missing and plots:  # the final evaluation: named videos of no split end up here
         logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
@@ -220,31 +218,3 @@ class Evaluator:
                                       {**record, **summary})
 
 
-def restore_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh
-                  ) -> tuple[models.BackTAL, Any]:
-  """The model of `config` and its parameters, replicated on `mesh`, from an orbax folder (a run's
-  best/ or checkpoints/) or an official .pth file; evaluation-only runs and prediction both load
-  theirs here."""
-  model = train_state.make_model(config)
-  params = checkpoint.restore_params(path, train_state.abstract_params(config, model, mesh))
-  return model, jax.device_put(params, sharding.replicated_sharding(mesh))
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluation only: config.eval.checkpoint (orbax folder or official .pth; default
-  WORKDIR/best) on the test split, with detections, plots and results.json in `workdir`."""
-  mesh = sharding.make_mesh()
-  with jax.set_mesh(mesh), run_records.recorded(config, workdir):
-    preflight.check_config(config, mesh.size)
-    source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
-    model, params = restore_model(config, source, mesh)
-    test = datasets.open_datasets(config, workdir).test
-    preflight.check_data(config, datasets.features_root(config, workdir))
-    evaluator = Evaluator(config, model, mesh, workdir)
-    summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots,
-                                 plot_videos=config.eval.plot_videos)
-    evaluator.write_results(summary, checkpoint=source)
-    if evaluator.is_lead:
-      logging.info('Evaluation of %s on %s (%.1f s); mAP:\n%s', source, test.name,
-                   summary['seconds'], reporting.format_table(summary))
-    return summary

@@ -1,13 +1,13 @@
 """The BackTAL network in Flax linen, channels-last ([B, T, F] in, [B, T, C+1] CAS out).
 
 Parameter names follow the official PyTorch modules (filter_module/conv_1, base_module/conv_2, ...)
-so that official checkpoints map onto them one to one (see checkpoint.params_from_torch).
+so that official checkpoints map onto them one to one (see official_weights.params_from_torch).
 Initialisers reproduce PyTorch's Conv1d defaults, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
 and biases, since the official recipe (Adam at 1e-4 without a schedule) was tuned for that scale.
 """
 
-import functools
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 import flax
@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from backtal_jax import affinity
-from backtal_jax import sharding
+from backtal_jax.core import batch_rows
+from backtal_jax.model import affinity
+from backtal_jax.model import topk
 
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
@@ -85,7 +86,7 @@ class EmbeddingModule(nn.Module):
 class AffinityConv(nn.Module):
   """Kernel-3, bias-free convolution whose taps are weighted by embedding similarities."""
   features: int
-  semantics: str
+  affinity: str
   dtype: Any
 
   @nn.compact
@@ -94,14 +95,14 @@ class AffinityConv(nn.Module):
                                                       self.features))
     x_BxTxI, similarity_BxTx3, kernel = nn.dtypes.promote_dtype(
         x_BxTxI, similarity_BxTx3, kernel, dtype=self.dtype)
-    return affinity.affinity_conv(x_BxTxI, similarity_BxTx3, kernel, semantics=self.semantics)
+    return affinity.affinity_conv(x_BxTxI, similarity_BxTx3, kernel, affinity=self.affinity)
 
 
 class Dropout(nn.Module):
   """Inverted dropout whose mask is drawn with the input's sharding.
 
   flax.linen.Dropout draws an unsharded mask, which explicit-sharding meshes reject when the
-  input is split over 'data'; PyTorch's nn.Dropout semantics otherwise (scale by 1 / keep).
+  input is split over 'data'; PyTorch's nn.Dropout behaviour otherwise (scale by 1 / keep).
   """
   rate: float
 
@@ -124,13 +125,13 @@ class BaseModule(nn.Module):
   """
   hidden_dim: int
   dropout_rate: float
-  semantics: str
+  affinity: str
   dtype: Any
 
   @nn.compact
   def __call__(self, passes_x_BxTxF: Sequence[jax.Array], similarity_BxTx3,
                deterministic: bool) -> list[tuple[jax.Array, jax.Array]]:
-    conv = functools.partial(AffinityConv, self.hidden_dim, self.semantics, self.dtype)
+    conv = functools.partial(AffinityConv, self.hidden_dim, self.affinity, self.dtype)
     num_passes = len(passes_x_BxTxF)
     x_PBxTxF = merge_passes(passes_x_BxTxF)
     similarity_PBxTx3 = merge_passes([similarity_BxTx3] * num_passes)
@@ -172,16 +173,16 @@ def _split_per_video(x_BPx___, num_passes):
 
 
 def _merge_per_device_block(*passes_Bx___):
-  shards = sharding.batch_shards(passes_Bx___[0])
-  blocks = [sharding.reshape_rows(x, (shards, -1) + x.shape[1:]) for x in passes_Bx___]
+  shards = batch_rows.batch_shards(passes_Bx___[0])
+  blocks = [batch_rows.reshape_rows(x, (shards, -1) + x.shape[1:]) for x in passes_Bx___]
   merged = jnp.concatenate(blocks, axis=1)
-  return sharding.reshape_rows(merged, (-1,) + merged.shape[2:])
+  return batch_rows.reshape_rows(merged, (-1,) + merged.shape[2:])
 
 
 def _split_per_device_block(x_PBx___, num_passes):
-  shards = sharding.batch_shards(x_PBx___)
-  blocks = sharding.reshape_rows(x_PBx___, (shards, num_passes, -1) + x_PBx___.shape[1:])
-  return [sharding.reshape_rows(blocks[:, p], (-1,) + x_PBx___.shape[1:])
+  shards = batch_rows.batch_shards(x_PBx___)
+  blocks = batch_rows.reshape_rows(x_PBx___, (shards, num_passes, -1) + x_PBx___.shape[1:])
+  return [batch_rows.reshape_rows(blocks[:, p], (-1,) + x_PBx___.shape[1:])
           for p in range(num_passes)]
 
 
@@ -195,56 +196,6 @@ class ClassifierModule(nn.Module):
   def __call__(self, feature_BxTxH):
     return pointwise(self.num_outputs, self.hidden_dim, 'conv', use_bias=False,
                      dtype=self.dtype)(feature_BxTxH)
-
-
-def topk_mean_over_time(cas_BxTxC1: jax.Array, k: int) -> jax.Array:
-  """Video-level score: mean of the k largest CAS values of each class over time.
-
-  The same score and gradient everywhere; on TPUs the gradient is written without a scatter
-  (`_topk_mean_dense_grad`). Elsewhere autodiff's scatter stays, so that CPU runs keep their bits
-  (the other form changes how XLA fuses the step around it).
-  """
-  return jax.lax.platform_dependent(
-      cas_BxTxC1, default=functools.partial(_topk_mean, k=k),
-      tpu=functools.partial(_topk_mean_dense_grad, k=k))
-
-
-def _topk_mean_and_positions(cas_BxTxC1, k):
-  top_BxC1xk, position_BxC1xk = jax.lax.top_k(jnp.swapaxes(cas_BxTxC1, 1, 2), k)
-  return jnp.mean(top_BxC1xk, axis=-1), position_BxC1xk
-
-
-def _topk_mean(cas_BxTxC1, k):
-  return _topk_mean_and_positions(cas_BxTxC1, k)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _topk_mean_dense_grad(cas_BxTxC1, k):
-  return _topk_mean(cas_BxTxC1, k)
-
-
-def _topk_mean_forward(cas_BxTxC1, k):
-  score_BxC1, position_BxC1xk = _topk_mean_and_positions(cas_BxTxC1, k)
-  return score_BxC1, (position_BxC1xk, cas_BxTxC1.shape[1])
-
-
-def _topk_mean_backward(k, residuals, grad_BxC1):
-  """g / k at each top-k position, as a dense comparison instead of autodiff's scatter: on chips
-  with SparseCores (v5p, v6e) that scatter is offloaded, and the TPU compiler counts 3.5 GB per call
-  at the ActivityNet1.2 shape (benchmarks/RESULTS.md). The same values: the k positions are
-  distinct, so the scatter adds g / k to zero once per position."""
-  position_BxC1xk, length = residuals
-  chosen_BxC1xT = jnp.any(position_BxC1xk[..., None] == jnp.arange(length), axis=-2)
-  grad_BxC1xT = jnp.where(chosen_BxC1xT, (grad_BxC1 / k)[..., None], 0)
-  return (jnp.swapaxes(grad_BxC1xT, 1, 2).astype(grad_BxC1.dtype),)
-
-
-_topk_mean_dense_grad.defvjp(_topk_mean_forward, _topk_mean_backward)
-
-
-def num_topk(length: int, ratio: float) -> int:
-  """k = int(T * ratio), as the official code; at least 1 so short inputs still work."""
-  return max(int(length * ratio), 1)
 
 
 class BackTAL(nn.Module):
@@ -262,7 +213,7 @@ class BackTAL(nn.Module):
   dtype: Any = 'float32'
 
   def setup(self):
-    affinity.check_semantics(self.affinity)
+    affinity.check_affinity(self.affinity)
     compute_dtype = jnp.dtype(self.dtype)
     # Only the base module (most of the FLOPs and bytes) computes in bfloat16: trained with the
     # filter, embedding and classifier in bfloat16 too, the testbed loses 2-4 points of mAP
@@ -287,10 +238,10 @@ class BackTAL(nn.Module):
     cas_base = self.classifier_module(feature_base_2)
     cas_supp = self.classifier_module(feature_supp_2)
 
-    k = num_topk(features_BxTxF.shape[1], self.topk_ratio)
+    k = topk.num_topk(features_BxTxF.shape[1], self.topk_ratio)
     return BackTALOutputs(
-        score_base=topk_mean_over_time(cas_base, k),
-        score_supp=topk_mean_over_time(cas_supp, k),
+        score_base=topk.topk_mean_over_time(cas_base, k),
+        score_supp=topk.topk_mean_over_time(cas_supp, k),
         cas_base=cas_base,
         cas_supp=cas_supp,
         embedding=embedding_BxTxE,

@@ -2,7 +2,7 @@
 
 Parameters and optimiser state are replicated over a 1-D 'data' mesh and batches are split along
 it; the step is one `jax.jit` with explicit shardings and the state donated. Evaluation of each
-epoch goes through backtal_jax.evaluator.
+epoch goes through backtal_jax.evaluation.evaluator.
 """
 
 import signal
@@ -14,29 +14,29 @@ import ml_collections
 import numpy as np
 import optax
 
-from backtal_jax import checkpoint
-from backtal_jax import errors
-from backtal_jax import evaluator
-from backtal_jax import finiteness
-from backtal_jax import losses
-from backtal_jax import metric_writer
-from backtal_jax import models
-from backtal_jax import optimizer
-from backtal_jax import phase_times
-from backtal_jax import preflight
-from backtal_jax import progress
-from backtal_jax import reporting
-from backtal_jax import run_records
-from backtal_jax import sharding
-from backtal_jax import stop_signals
-from backtal_jax import train_state
-from backtal_jax import workdir_lock
+from backtal_jax.core import errors
+from backtal_jax.core import sharding
 from backtal_jax.data import datasets
 from backtal_jax.data import pipeline
-from backtal_jax.train_state import TrainState
+from backtal_jax.evaluation import evaluator
+from backtal_jax.model import losses
+from backtal_jax.model import network
+from backtal_jax.reporting import evaluation_report
+from backtal_jax.reporting import metric_writer
+from backtal_jax.reporting import phase_times
+from backtal_jax.reporting import progress
+from backtal_jax.reporting import run_records
+from backtal_jax.run import checkpoint
+from backtal_jax.run import finiteness
+from backtal_jax.run import optimizer
+from backtal_jax.run import preflight
+from backtal_jax.run import stop_signals
+from backtal_jax.run import train_state
+from backtal_jax.run import workdir_lock
+from backtal_jax.run.train_state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, *, model: models.BackTAL,
+def train_step(state: TrainState, batch: dict, *, model: network.BackTAL,
                tx: optax.GradientTransformation, config: ml_collections.ConfigDict):
   """One optimiser step on a global batch; returns the new state and the step's loss terms."""
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -261,7 +261,7 @@ def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
     history = {'best': summary['selection'], 'best_epoch': epoch}
     run.best_test = (epoch, scored) if on_test else None
   if run.is_lead:
-    logging.info('%s', reporting.evaluation_line(
+    logging.info('%s', evaluation_report.evaluation_line(
         summary, epoch=epoch, split=run.data.selection.name,
         metric=run.config.train.selection_metric, **history))
   return history, is_best
@@ -313,4 +313,4 @@ def final_report(run: Run, state: TrainState, history: dict) -> None:
   if run.is_lead:
     logging.info('Best epoch %d (selected on %s by %s); test mAP:\n%s', history['best_epoch'],
                  run.data.selection.name, run.config.train.selection_metric,
-                 reporting.format_table(summary))
+                 evaluation_report.format_table(summary))

@@ -25,11 +25,14 @@ video.
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
+from typing import Mapping
+from typing import Sequence
+from typing import Union
 
 import numpy as np
 
-from backtal_jax import errors
+from backtal_jax.core import errors
 
 JsonSource = Union[str, os.PathLike, Mapping[str, Any]]
 

@@ -9,14 +9,16 @@ batch.
 """
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backtal_jax import errors
-from backtal_jax import sharding
+from backtal_jax.core import errors
+from backtal_jax.core import sharding
 
 MAX_LEAVES_NAMED = 8
 

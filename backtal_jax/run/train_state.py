@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from backtal_jax import models
-from backtal_jax import sharding
+from backtal_jax.core import sharding
+from backtal_jax.model import network
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -20,11 +20,11 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # raw key data; the dropout key of step s is fold_in(rng, s)
 
 
-def make_model(config: ml_collections.ConfigDict) -> models.BackTAL:
-  return models.BackTAL(**config.model)
+def make_model(config: ml_collections.ConfigDict) -> network.BackTAL:
+  return network.BackTAL(**config.model)
 
 
-def abstract_params(config: ml_collections.ConfigDict, model: models.BackTAL,
+def abstract_params(config: ml_collections.ConfigDict, model: network.BackTAL,
                     mesh: jax.sharding.Mesh) -> Any:
   """Shapes, dtypes and replicated shardings of the parameters: a restore target for evaluation
   and prediction, built without initialising anything."""
@@ -37,7 +37,7 @@ def abstract_params(config: ml_collections.ConfigDict, model: models.BackTAL,
                       shapes)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: models.BackTAL,
+def create_train_state(config: ml_collections.ConfigDict, model: network.BackTAL,
                        tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
   """Initialised state, built directly with replicated shardings (the big_vision way)."""
   features_shape = (1, config.data.num_segments, config.model.feat_dim)

@@ -9,20 +9,22 @@ from what made the detections. Background clicks (training videos) are marked in
 """
 
 import io
-from typing import Mapping, Sequence
+from typing import Mapping
+from typing import Sequence
 
 from etils import epath
 import matplotlib
 import ml_collections
 import numpy as np
 
-from backtal_jax import postprocess
 from backtal_jax.data import annotations
+from backtal_jax.evaluation import postprocess
 
 matplotlib.use('Agg')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import figure as mpl_figure
 from matplotlib import pyplot as plt
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SCREEN_WIDTH_INCHES = 14  # 1400 pixels at the saved dpi: a laptop screen's width

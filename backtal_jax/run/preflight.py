@@ -18,7 +18,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from backtal_jax import errors
+from backtal_jax.core import errors
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import feature_scan

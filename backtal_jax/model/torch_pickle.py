@@ -14,8 +14,9 @@ import dataclasses
 import io
 import pickle
 import struct
+from typing import Any
+from typing import BinaryIO
 import zipfile
-from typing import Any, BinaryIO
 
 import ml_dtypes
 import numpy as np

@@ -1,8 +1,8 @@
 """Prediction: a trained model on feature files of videos nobody annotated.
 
-It goes through the evaluator's own path (`evaluator.restore_model`, `Evaluator.detect`): batched,
-jitted on the device mesh, streamed from disk, post-processed as the official code does; so its
-detections are those an evaluation-only run gives on the same features.
+It goes through the evaluator's own path (`evaluate_only.restore_model`, `Evaluator.detect`):
+batched, jitted on the device mesh, streamed from disk, post-processed as the official code does; so
+its detections are those an evaluation-only run gives on the same features.
 """
 
 from collections.abc import Sequence
@@ -14,15 +14,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from backtal_jax import errors
-from backtal_jax import evaluator
-from backtal_jax import files
-from backtal_jax import reporting
-from backtal_jax import sharding
+from backtal_jax.core import errors
+from backtal_jax.core import files
+from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import features
 from backtal_jax.data import unannotated
+from backtal_jax.evaluation import evaluator
+from backtal_jax.reporting import evaluation_report
+from backtal_jax.run import evaluate_only
 
 
 def class_names_for(config: ml_collections.ConfigDict,
@@ -49,7 +50,7 @@ class Predictor:
     self.mesh = sharding.make_mesh()
     with jax.set_mesh(self.mesh):
       sharding.check_global_batch_size(config.eval.batch_size)
-      model, self.params = evaluator.restore_model(config, checkpoint, self.mesh)
+      model, self.params = evaluate_only.restore_model(config, checkpoint, self.mesh)
       self.evaluator = evaluator.Evaluator(config, model, self.mesh)
 
   def detect_videos(self, videos: Sequence[unannotated.UnannotatedVideo], keep: int = 0
@@ -111,7 +112,7 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
   logging.info('Detections of %d videos in %.1f s (%.2f videos/s)', len(detections), seconds,
                len(detections) / seconds)
   if jax.process_index() == 0:
-    files.write_json_atomically(epath.Path(output), reporting.detections_file(detections))
+    files.write_json_atomically(epath.Path(output), evaluation_report.detections_file(detections))
     logging.info('Wrote %s', output)
     if plots:
       predictor.evaluator.plot(plots, kept, detections, predictor.class_names,
@@ -122,5 +123,5 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
                              str(truth.path), subset)
   summary = evaluator.score_detections(detections, split, config)
   logging.info('mAP against %s (subset %s):\n%s', truth.path, split.subset,
-               reporting.format_table(summary))
+               evaluation_report.format_table(summary))
   return summary

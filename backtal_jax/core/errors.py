@@ -12,7 +12,8 @@ import os
 import shlex
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 from absl import app
 from absl import logging

@@ -1,0 +1,120 @@
+"""Orbax checkpoints of backtal_jax runs: the latest states to resume from, and the best parameters.
+
+Every restore first compares the stored parameter shapes with the config's model
+(`official_weights.check_param_shapes`), and official .pth files are read through
+`official_weights`, so that `restore_params` takes either.
+"""
+
+from typing import Any
+
+from etils import epath
+import jax
+import orbax.checkpoint as ocp
+
+from backtal_jax.model import official_weights
+
+# official name -> (flax path, kernel size of the Conv1d, has a bias)
+
+# (layer whose output width, layer whose input width) must agree
+# layers that read the input features
+
+
+def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The parameter shapes of an orbax step, from its metadata (no array is read): best/ steps
+  hold the parameters alone, checkpoints/ steps hold them inside the TrainState."""
+  step_dir = manager.directory / str(step)
+  if (step_dir / 'params').exists():  # best/: the parameters alone
+    return ocp.StandardCheckpointHandler().metadata(step_dir / 'params').tree
+  return ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree['params']
+
+
+class Checkpoints:
+  """Orbax checkpoints of a run: the latest ones (to resume) and the best one, kept apart.
+
+  A latest checkpoint holds the whole TrainState (parameters, optimiser, step, RNG) and a JSON
+  record with the data position and the run's history, so that a resumed run continues
+  bit-identically. The best one holds the parameters and the record only: what evaluation and
+  prediction read, and what people share (Adam's two moments would triple its size).
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    root = epath.Path(workdir)
+    self.latest = ocp.CheckpointManager(
+        root / 'checkpoints', options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+    self.best = ocp.CheckpointManager(
+        root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1))
+
+  @staticmethod
+  def _save(manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
+    if step in manager.all_steps():
+      return
+    manager.save(step, args=ocp.args.Composite(**items))
+
+  def save(self, state: Any, record: dict, *, is_best: bool = False) -> None:
+    step = int(jax.device_get(state.step))
+    self._save(self.latest, step, state=ocp.args.StandardSave(state),
+               record=ocp.args.JsonSave(record))
+    if is_best:
+      self._save(self.best, step, params=ocp.args.StandardSave(state.params),
+                 record=ocp.args.JsonSave(record))
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def restore_latest(self, state_like: Any) -> tuple[Any, dict]:
+    """The latest checkpoint, sharded like `state_like` (a TrainState or its abstract shapes)."""
+    step = self.latest.latest_step()
+    official_weights.check_param_shapes(stored_param_shapes(self.latest, step), state_like.params,
+                       str(self.latest.directory / str(step)))
+    return restore(self.latest, step, state_like)
+
+  def wait_until_finished(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def restore(manager: ocp.CheckpointManager, step: int, state_like: Any) -> tuple[Any, dict]:
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()))
+  return restored.state, restored.record
+
+
+def _params_from_step(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """The parameters of a step that holds them alone (best/) or inside a TrainState (checkpoints/,
+  and best/ folders written before it held parameters only); the optimiser state is not read."""
+  if 'params' in manager.item_metadata(step):
+    return manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target))).params
+  partial = {'params': target}
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=partial, restore_args=ocp.checkpoint_utils.construct_restore_args(partial),
+      partial_restore=True))).state['params']
+
+
+def restore_params(path: str, params_like: Any) -> Any:
+  """Parameters to evaluate: from an official .pth file, or the newest step of an orbax folder
+  (a run's workdir/best or workdir/checkpoints), sharded like `params_like` (parameters or their
+  abstract shapes)."""
+  if str(path).endswith('.pth'):
+    return official_weights.load_official_checkpoint(path, params_like)
+  if not epath.Path(path).is_dir():  # checked first: a CheckpointManager would create the folder
+    raise FileNotFoundError(f'No checkpoint folder at {path} (config.eval.checkpoint): give an '
+                            'orbax folder such as WORKDIR/best, or an official .pth file')
+  manager = ocp.CheckpointManager(epath.Path(path), item_handlers={
+      'params': ocp.StandardCheckpointHandler(), 'state': ocp.PyTreeCheckpointHandler(),
+      'record': ocp.JsonCheckpointHandler()})
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
+    official_weights.check_param_shapes(stored_param_shapes(manager, step), params_like,
+                       str(manager.directory / str(step)))
+    return _params_from_step(manager, step,
+                             jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
+  finally:
+    manager.close()
