@@ -41,9 +41,10 @@ OFFICIAL_SHAPES = {
     'classifier_module.conv.weight': (21, 2048, 1),
 }
 
-OURS = ('from backtal_jax import checkpoint; import sys; '
-        'checkpoint.load_official_checkpoint(sys.argv[1])')
-READER_ONLY = 'from backtal_jax import torch_pickle; import sys; torch_pickle.load(sys.argv[1])'
+OURS = ('from backtal_jax import load_official_checkpoint; import sys; '
+        'load_official_checkpoint(sys.argv[1])')
+READER_ONLY = ('from backtal_jax.model import torch_pickle; import sys; '
+               'torch_pickle.load(sys.argv[1])')
 TORCH = 'import torch, sys; torch.load(sys.argv[1], map_location="cpu", weights_only=True)'
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from backtal_jax.run import host_memory
 
-SCRIPT = ('import os, sys; from backtal_jax import host_memory; print(os.getpid(), flush=True); '
-          'host_memory.use_huge_pages(); print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), '
-          'sys.argv[1:])')
+SCRIPT = ('import os, sys; from backtal_jax.run import host_memory; '
+          'print(os.getpid(), flush=True); host_memory.use_huge_pages(); '
+          'print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])')
 
 pytestmark = pytest.mark.skipif(host_memory.glibc_version() < (2, 35),
                                 reason='glibc.malloc.hugetlb needs glibc >= 2.35')

@@ -58,7 +58,7 @@ READER = textwrap.dedent('''
     sys.modules['torch'] = None  # `import torch` now raises ImportError
     from flax import traverse_util
     import numpy as np
-    from backtal_jax.run import checkpoint
+    from backtal_jax import load_official_checkpoint
     from backtal_jax.model import torch_pickle
     try:
       import torch
@@ -69,7 +69,7 @@ READER = textwrap.dedent('''
       raw = torch_pickle.load(path)
       arrays = raw.get('state_dict', raw)
       np.savez(path + '.raw.npz', **arrays)
-      params = official_weights.load_official_checkpoint(path)
+      params = load_official_checkpoint(path)
       flat = {'/'.join(k): v for k, v in traverse_util.flatten_dict(params).items()}
       np.savez(path + '.params.npz', **flat)
       print(path, type(arrays).__name__, raw.get('epoch'))
