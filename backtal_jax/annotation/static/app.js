@@ -3,6 +3,7 @@
 
 const IDLE_SECONDS = 60;  // no key, mouse or playback for this long: the clock stops
 const HEARTBEAT_SECONDS = 10;  // active time is saved at least this often while it grows
+const TICK_MILLISECONDS = 250;  // the active-time clock's resolution
 const SPEEDS = [0.25, 0.5, 1, 1.5, 2, 3, 4];
 const SEEK_STEP_SECONDS = 1;
 
@@ -15,6 +16,7 @@ const page = {
   actionClass: 0,
   speed: 1,
   lastActivity: Date.now(),
+  lastTick: Date.now(),
   unsavedActive: 0,
   saving: Promise.resolve(),
 };
@@ -243,18 +245,21 @@ function handleKey(event) {
   actions[key]();
 }
 
-// Active time: counted each second while the tab is visible and the annotator did something (or
-// the video played) within IDLE_SECONDS; saved with every change and at least every
+// Active time: the time between ticks counts while the tab is visible and the annotator did
+// something (or the video played) within IDLE_SECONDS; saved with every change and at least every
 // HEARTBEAT_SECONDS while it grows.
 function markActive() { page.lastActivity = Date.now(); }
 
 function tickActive() {
+  const now = Date.now();
+  const elapsed = (now - page.lastTick) / 1000;
+  page.lastTick = now;
   const visible = document.visibilityState === 'visible';
   if (!player.paused) markActive();
-  const idle = (Date.now() - page.lastActivity) / 1000 > IDLE_SECONDS;
+  const idle = (now - page.lastActivity) / 1000 > IDLE_SECONDS;
   if (!visible || idle || !page.entry) return;
-  page.entry.active_seconds += 1;
-  page.unsavedActive += 1;
+  page.entry.active_seconds += elapsed;
+  page.unsavedActive += elapsed;
   $('active-time').textContent = 'active ' + Math.round(page.entry.active_seconds) + ' s';
   if (page.unsavedActive >= HEARTBEAT_SECONDS) flushActive();
 }
@@ -295,7 +300,8 @@ async function start() {
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'hidden') flushActive(); else markActive();
   });
-  setInterval(tickActive, 1000);
+  page.lastTick = Date.now();
+  setInterval(tickActive, TICK_MILLISECONDS);
   // Resume: the video last opened in this browser, else the first one not done.
   const last = page.state.videos.findIndex(
     (v) => v.name === localStorage.getItem('backtal-last-video'));
