@@ -114,6 +114,27 @@ def shown_clicks(driver) -> list:
           for item in driver.find_elements(By.CSS_SELECTOR, '#click-list li')]
 
 
+def check_the_clock_stops_when_idle_or_hidden(driver) -> None:
+  """The active-time clock of the open video, with the browser's signals emulated: the last input
+  a minute ago, then the tab hidden (though the mouse moves), then shown again."""
+  active = lambda: driver.execute_script('return page.entry.active_seconds')
+  wait_for(driver, lambda: player(driver, 'paused'), 'paused')
+  driver.execute_script('page.lastActivity = Date.now() - (IDLE_SECONDS + 1) * 1000')
+  idle_from = active()
+  time.sleep(1)
+  assert active() == idle_from
+  driver.execute_script(
+      'Object.defineProperty(document, "visibilityState", {configurable: true, get: () => '
+      '"hidden"}); document.dispatchEvent(new Event("visibilitychange")); markActive()')
+  hidden_from = active()
+  time.sleep(1)
+  assert active() == hidden_from
+  driver.execute_script(
+      'Object.defineProperty(document, "visibilityState", {configurable: true, get: () => '
+      '"visible"}); document.dispatchEvent(new Event("visibilitychange"))')
+  wait_for(driver, lambda: active() > hidden_from, 'the clock runs again')
+
+
 def test_keys_boxes_reload_and_a_killed_server_lose_nothing(folder, browser):
   server, url = start_server(folder)
   started = time.monotonic()
@@ -151,7 +172,9 @@ def test_keys_boxes_reload_and_a_killed_server_lose_nothing(folder, browser):
     wait_for(browser, lambda: '1 of 2 done' in browser.find_element(By.ID, 'progress').text,
              'done count')
     press(browser, 'p')
-    wait_for(browser, lambda: open_page_state() == 'clip_a', 'back to clip_a')
+    wait_for(browser, lambda: open_page_state() == 'clip_a' and
+             browser.execute_script('return page.entry !== null'), 'back to clip_a')
+    check_the_clock_stops_when_idle_or_hidden(browser)
   finally:
     server.send_signal(signal.SIGKILL)  # mid-session, without warning
     server.wait()
