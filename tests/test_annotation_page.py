@@ -150,7 +150,12 @@ def test_keys_boxes_reload_and_a_killed_server_lose_nothing(folder, browser):
     press(browser, '2', 'a')  # an action click of the second class, Wave
     third = seek_by_key(browser, '\ue014')
     press(browser, 'b', 'z')  # a background click, undone
-    press(browser, 'b')  # again, then deleted from the list
+    press(browser, 'b')  # again, then its mark selected and deleted with the Delete key
+    wait_for(browser, lambda: len(saved_clicks(folder, 'clip_a')) == 3, 'third click saved')
+    browser.find_elements(By.CSS_SELECTOR, '#timeline .mark')[2].click()
+    press(browser, '\ue017')  # Delete
+    wait_for(browser, lambda: len(saved_clicks(folder, 'clip_a')) == 2, 'third click deleted')
+    press(browser, 'b')  # and once more, deleted with its button in the click list
     wait_for(browser, lambda: len(saved_clicks(folder, 'clip_a')) == 3, 'third click saved')
     browser.find_elements(By.CSS_SELECTOR, '#click-list button.delete')[2].click()
     press(browser, ']', ']', '[')  # speed 1 -> 2 -> 1.5

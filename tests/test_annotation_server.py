@@ -88,3 +88,12 @@ def test_one_file_per_annotator(tmp_path):
     server.open_session(tmp_path, tmp_path / 'alice.json', 'bob', CLASSES, 'background')
   with pytest.raises(errors.UserError, match="class 'Wave' is not in the config's class list"):
     server.open_session(tmp_path, tmp_path / 'alice.json', 'alice', ('Jump',), 'background')
+
+
+def test_a_port_in_use_is_a_user_error(tmp_path):
+  (tmp_path / 'clip_a.mp4').write_bytes(VIDEO_BYTES)
+  session = server.open_session(tmp_path, tmp_path / 'alice.json', 'alice', CLASSES, 'background')
+  with server.make_server(session, 0) as first:
+    with pytest.raises(errors.UserError, match=f'--port: cannot serve on 127.0.0.1:'
+                       f'{first.server_address[1]}'):
+      server.make_server(session, first.server_address[1])

@@ -173,7 +173,7 @@ def make_handler(session: Session) -> type[http.server.BaseHTTPRequestHandler]:
         entry = json.loads(self.rfile.read(int(self.headers.get('Content-Length', 0))))
         entry['file'] = session.videos[name]
         saved = session.store.update_video(name, entry)
-      except (json.JSONDecodeError, TypeError) as e:
+      except (ValueError, TypeError) as e:  # a body that is not a JSON object
         self._json(400, {'error': f'video {name!r}: not a JSON object ({e})'})
         return
       except annotation_file.AnnotationFileError as e:
@@ -196,7 +196,11 @@ def _copy_bytes(source, destination, count: int) -> None:
 def make_server(session: Session, port: int) -> http.server.ThreadingHTTPServer:
   """The server on 127.0.0.1:port (0: any free port), not yet serving: only this machine's
   browser can reach it, since the page writes files without asking who is there."""
-  server = http.server.ThreadingHTTPServer(('127.0.0.1', port), make_handler(session))
+  try:
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', port), make_handler(session))
+  except OSError as e:
+    raise errors.UserError(f'--port: cannot serve on 127.0.0.1:{port} ({e.strerror}); pass '
+                           'another port, or 0 for any free one') from None
   server.daemon_threads = True
   return server
 

@@ -88,7 +88,9 @@ def chosen(named: Mapping[str, annotation_file.AnnotationFile], video: str, sour
 
 def video_labels(annotated: Sequence[annotation_file.VideoAnnotation], class_names: Sequence[str],
                  num_segments: int, video: str) -> VideoLabels:
-  """cls_label from the checked classes, point_label from the clicks (union: all of them)."""
+  """cls_label from the checked classes, point_label from the clicks (union: all of them; where
+  two annotators' clicks share a snippet, the later annotator by name wins, as a later click does
+  within one annotator's clicks)."""
   labels_C = np.zeros(len(class_names), np.float32)
   labels_C[[class_names.index(c) for one in annotated for c in one.classes]] = 1.0
   labels_T = np.full(num_segments, clicks_lib.IGNORE_LABEL, np.int32)
