@@ -1,7 +1,8 @@
 """Serves the background-click annotation page on 127.0.0.1 for the videos of a folder.
 
-  python -m backtal_jax.annotate --videos=my_videos --annotator=alice \
-      --annotations=my_annotations/alice.json --config=my_config.py [--port=8765]
+  python -m backtal_jax.annotate --config=configs/own_videos.py:my_dataset \
+      --videos=my_dataset/videos --annotator=alice \
+      --annotations=my_dataset/annotations/alice.json [--supervision=both] [--port=8765]
 
 The page, its keys and the annotation file are described in README.md ("Background clicks on
 your own videos"); backtal_jax.annotation holds the server and the file's layout.
