@@ -115,8 +115,10 @@ def class_problems(named: Mapping[str, annotation_file.AnnotationFile],
   return problems
 
 
-def feature_files(features_root, split: str, feature_dim: int) -> dict[str, tuple[pathlib.Path,
-                                                                                   int]]:
+FeatureFiles = Mapping[str, tuple[pathlib.Path, int]]  # video -> (file, snippets stored)
+
+
+def feature_files(features_root, split: str, feature_dim: int) -> FeatureFiles:
   """The split's feature files by video name (their vid_name, else the file name), with T."""
   found = {}
   for path in features.list_split(features_root, split):
@@ -125,7 +127,7 @@ def feature_files(features_root, split: str, feature_dim: int) -> dict[str, tupl
   return found
 
 
-def plan(named: Mapping[str, annotation_file.AnnotationFile], files: Mapping[str, tuple],
+def plan(named: Mapping[str, annotation_file.AnnotationFile], files: FeatureFiles,
          class_names: Sequence[str], num_segments: int, source: str, seed: int
          ) -> dict[str, VideoLabels]:
   """Every feature file's labels, or one error listing every problem."""
