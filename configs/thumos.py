@@ -108,6 +108,8 @@ def get_train_config() -> ml_collections.ConfigDict:
   train.batch_size = 16  # global batch: a multiple of the device count (BATCH_SIZE)
   train.num_epochs = 40  # passes over the training videos (EPOCH_NUM)
   train.supervision = 'background'  # clicks used: 'none', 'background' (BackTAL), 'action', 'both'
+  train.action_clicks = 'simulated'  # with action/both: 'simulated' from the ground truth, or
+  # 'file': the point_label's own action clicks (imported from the annotation page)
   train.selection_split = 'test'  # picks the best epoch: 'test' (official) or 'heldout'
   train.heldout_fraction = 0.1  # share of training videos held out with selection_split='heldout'
   train.selection_metric = 'map@0.5'  # 'map@X' or 'average' (official: THUMOS14 mAP@0.5)

@@ -74,20 +74,26 @@ class WithGroundTruthMetadata:
 
 class Supervised:
   """Training examples whose click labels follow config.train.supervision; action clicks are
-  simulated from the ground truth, seeded per video name."""
+  simulated from the ground truth, seeded per video name, or (action_clicks='file') those the
+  feature file's point_label holds, such as clicks imported from the annotation page."""
 
   def __init__(self, source: pipeline.Source, kind: str, ground_truth: annotations.GroundTruth,
-               num_segments: int, seed: int):
+               num_segments: int, seed: int, action_clicks: str = 'simulated'):
     supervision.check_supervision(kind)
+    if action_clicks not in supervision.ACTION_CLICK_SOURCES:
+      raise errors.UserError(f'config.train.action_clicks must be one of '
+                             f'{supervision.ACTION_CLICK_SOURCES}, got {action_clicks!r}')
     self.source, self.kind, self.ground_truth = source, kind, ground_truth
-    self.num_segments, self.seed = num_segments, seed
+    self.num_segments, self.seed, self.action_source = num_segments, seed, action_clicks
 
   def __len__(self) -> int:
     return len(self.source)
 
-  def action_clicks(self, vid_name: str) -> np.ndarray | None:
+  def action_clicks(self, vid_name: str, click_labels_T: np.ndarray) -> np.ndarray | None:
     if not supervision.needs_action_clicks(self.kind):
       return None
+    if self.action_source == 'file':
+      return supervision.file_action_clicks(click_labels_T, self.ground_truth.num_classes)
     if vid_name not in self.ground_truth.videos:
       raise KeyError(f'{vid_name}: no ground truth in {self.ground_truth.path} to simulate action '
                      'clicks from (config.train.supervision)')
@@ -98,7 +104,7 @@ class Supervised:
   def __getitem__(self, index: int) -> dict:
     example = dict(self.source[index])
     example['click_labels'] = supervision.supervised_clicks(
-        example['click_labels'], self.action_clicks(example['vid_name']),
+        example['click_labels'], self.action_clicks(example['vid_name'], example['click_labels']),
         self.ground_truth.num_classes, self.kind)
     return example
 
@@ -241,5 +247,5 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
     raise errors.UserError("config.train.selection_split must be 'test' or 'heldout', got "
                            f'{config.train.selection_split!r}')
   train = Supervised(train, config.train.supervision, ground_truth, config.data.num_segments,
-                     config.train.seed)
+                     config.train.seed, config.train.action_clicks)
   return Datasets(config, train, selection, test)

@@ -1,7 +1,9 @@
 """Which clicks a run learns from: none, background (BackTAL), action clicks, or both.
 
 The official feature files carry background clicks only; action clicks come from a table of
-per-video point labels simulated from the ground truth (`click_simulation.simulate_clicks`).
+per-video point labels simulated from the ground truth (`click_simulation.simulate_clicks`), or,
+with config.train.action_clicks = 'file', from the files' own point_label (clicks imported from
+the annotation page, backtal_jax.annotation).
 """
 
 import numpy as np
@@ -9,6 +11,7 @@ import numpy as np
 from backtal_jax.core.labels import IGNORE_LABEL
 
 SUPERVISIONS = ('none', 'background', 'action', 'both')
+ACTION_CLICK_SOURCES = ('simulated', 'file')
 
 
 def check_supervision(supervision: str) -> None:
@@ -18,6 +21,11 @@ def check_supervision(supervision: str) -> None:
 
 def needs_action_clicks(supervision: str) -> bool:
   return supervision in ('action', 'both')
+
+
+def file_action_clicks(click_labels_T: np.ndarray, num_classes: int) -> np.ndarray:
+  """The action clicks of a file's point labels: its class indices, IGNORE_LABEL elsewhere."""
+  return np.where(click_labels_T < num_classes, click_labels_T, IGNORE_LABEL)
 
 
 def supervised_clicks(click_labels_T: np.ndarray, action_clicks_T: np.ndarray | None,
