@@ -11,12 +11,19 @@ GPU (full shapes, all datasets):
   python -m benchmarks.affinity_kernel --json_out=affinity_gpu.json
 CPU (width 256, batch / 4):
   python -m benchmarks.affinity_kernel --small --json_out=affinity_cpu.json
+TPU (adds the row 'kernel', the fused Pallas kernel of backtal_jax.model.affinity_pallas; off TPUs
+it runs only when named in --formulations, interpreted, for its check, not for its speed):
+  python -m benchmarks.affinity_kernel --json_out=affinity_tpu.json
+The TPU compiler's count on a CPU with libtpu (`pip install 'jax[tpu]'`): per TPU generation and
+form, one chip's bytes, FLOPs, estimated cycles and roofline, compiled and not run:
+  python -m benchmarks.affinity_kernel --tpu_counts --shapes=thumos14 --json_out=counts.json
 """
 
 import datetime
 import json
 import logging
 import platform
+import re
 import statistics
 import sys
 import time
@@ -32,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from backtal_jax.model import affinity as affinity_lib
+from backtal_jax.model import affinity_pallas
 
 DATASET_SHAPES = {'thumos14': (16, 750), 'activitynet12': (128, 100), 'hacs': (64, 200)}
 MODES = ('forward', 'forward_backward')
@@ -144,8 +152,12 @@ def _vmapped(one_video: Callable, **kwargs) -> Formulation:
   return formulation
 
 
-def formulations(affinity: str) -> dict[str, Formulation]:
-  """Name -> formulation for one affinity form; 'naive' first, since it is the reference."""
+def formulations(affinity: str, interpret_kernel: bool | None = None) -> dict[str, Formulation]:
+  """Name -> formulation for one affinity form; 'naive' first, since it is the reference.
+
+  The kernel is interpreted unless it runs (or is compiled, interpret_kernel=False) for a TPU.
+  """
+  interpret = not on_tpu() if interpret_kernel is None else interpret_kernel
   found = {
       'naive': lambda x, s, k, precision: affinity_lib.NAIVE[affinity](x, s, k),
       'fast': lambda x, s, k, precision: affinity_lib.affinity_conv(
@@ -156,8 +168,22 @@ def formulations(affinity: str) -> dict[str, Formulation]:
   if affinity == 'official':
     found['shifted_outputs'] = _vmapped(_shifted_outputs_one_video)
     found['grouped_conv'] = _grouped_conv
-    found['convolution'] = affinity_lib.official_by_convolution  # what TPUs get as 'fast'
+    found['convolution'] = affinity_lib.official_by_convolution  # what TPUs got before 'kernel'
+  found['kernel'] = lambda x, s, k, precision: affinity_pallas.fused_affinity_conv(
+      x, s, k, affinity=affinity, precision=precision, interpret=interpret)
   return found
+
+
+def on_tpu() -> bool:
+  return jax.default_backend() == 'tpu'
+
+
+def default_formulations(named: list[str]) -> list[str]:
+  """The formulations to run: those named, else all but the kernel off TPUs (interpreted there,
+  it would be timed at the interpreter's speed)."""
+  if named or on_tpu():
+    return named
+  return [name for name in formulations('official') if name != 'kernel']
 
 
 def forward_flops(batch: int, length: int, c_in: int, c_out: int) -> int:
@@ -315,6 +341,80 @@ def run_benchmark(shapes, affinity_names, modes, precision_names, formulation_na
   return rows
 
 
+TPU_GENERATIONS = {'v5e': 'v5e:2x2', 'v4': 'v4:2x2x1', 'v5p': 'v5p:2x2x1', 'v6e': 'v6e:2x2'}
+COUNTED = ('fast', 'convolution', 'kernel')  # --tpu_counts' default forms
+
+
+def estimated_cycles(hlo_text: str) -> int:
+  """The TPU compiler's own estimate, summed over the program's instructions. A Mosaic kernel
+  carries none (the compiler does not look inside it), so a form with kernels is undercounted."""
+  return sum(int(n) for n in re.findall(r'"estimated_cycles":"(\d+)"', hlo_text))
+
+
+def count_one(fn: Callable, args: tuple, chip) -> dict:
+  """One chip's program of fn(*args): the compiler's FLOPs and bytes, cycles, roofline."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  text = compiled.as_text()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops, moved = float(cost['flops']), float(cost['bytes accessed'])
+  return dict(gflop=flops / 1e9, gb_accessed=moved / 1e9,
+              estimated_cycles=estimated_cycles(text), has_kernel='tpu_custom_call' in text,
+              compute_ms=flops / chip.peak_flops * 1e3, memory_ms=moved / chip.hbm_bandwidth * 1e3,
+              roofline_ms=max(flops / chip.peak_flops, moved / chip.hbm_bandwidth) * 1e3)
+
+
+def tpu_counts(shapes, affinity_names, modes, precision_names, formulation_names,
+               generations) -> list[dict]:
+  """Each form (and the dense matmul) compiled for one chip of each TPU generation, counted."""
+  from benchmarks import tpu_compile  # pylint: disable=g-import-not-at-top (libtpu's users only)
+  rows = []
+  for generation in generations:
+    device = tpu_compile.topology_devices(TPU_GENERATIONS[generation])[0]
+    chip = tpu_compile.CHIPS[generation]
+    on_chip = jax.sharding.SingleDeviceSharding(device)
+    for dataset, shape in shapes:
+      batch, length, width = shape
+      for mode in modes:
+        for precision_name in precision_names:
+          dtype, precision = PRECISIONS[precision_name]
+          abstract = lambda *dims: jax.ShapeDtypeStruct(dims, dtype, sharding=on_chip)
+          args = (abstract(batch, length, width), abstract(batch, length, 3),
+                  abstract(affinity_lib.KERNEL_SIZE, width, width), abstract(batch, length, width))
+          args = args if mode == 'forward_backward' else args[:3]
+          depth = affinity_lib.KERNEL_SIZE * width
+          dense_args = (abstract(batch * length, depth), abstract(depth, width),
+                        abstract(batch * length, width))
+          dense_args = dense_args if mode == 'forward_backward' else dense_args[:2]
+          base = dict(generation=generation, dataset=dataset, batch=batch, length=length,
+                      width=width, mode=mode, precision=precision_name)
+          rows.append(dict(base, affinity='-', formulation='dense', **count_one(
+              dense_matmul(mode, precision), dense_args, chip)))
+          for affinity in affinity_names:
+            for name, formulation in formulations(affinity, interpret_kernel=False).items():
+              if name in (formulation_names or COUNTED):
+                counted = count_one(jitted(formulation, mode, precision), args, chip)
+                rows.append(dict(base, affinity=affinity, formulation=name, **counted))
+                logging.info('%s', format_count(rows[-1]))
+  return rows
+
+
+def format_count(row: dict) -> str:
+  return '%-4s %-34s %-16s %-8s %-8s %-12s %8.1f %8.3f %12d %9.3f %s' % (
+      row['generation'], '%s B=%d T=%d C=O=%d' % (row['dataset'], row['batch'], row['length'],
+                                                  row['width']),
+      row['mode'], row['precision'], row['affinity'], row['formulation'], row['gflop'],
+      row['gb_accessed'], row['estimated_cycles'], row['roofline_ms'],
+      'memory' if row['memory_ms'] >= row['compute_ms'] else 'compute')
+
+
+def format_counts(rows: list[dict]) -> str:
+  header = '%-4s %-34s %-16s %-8s %-8s %-12s %8s %8s %12s %9s %s' % (
+      'chip', 'shape', 'mode', 'precision', 'affinity', 'formulation', 'GFLOP', 'GB', 'est. cycles',
+      'roofline', 'bound')
+  return '\n'.join([header] + [format_count(row) for row in rows])
+
+
 def format_row(row: dict) -> str:
   shape = '%s B=%d T=%d C=O=%d' % (row['dataset'], row['batch'], row['length'], row['width'])
   if not row['correct']:
@@ -374,6 +474,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('repeats', 5, 'timed runs; the median is reported')
   flags.DEFINE_integer('seed', 0, 'of the random inputs')
   flags.DEFINE_string('json_out', '', 'write environment and rows as JSON here')
+  flags.DEFINE_bool('tpu_counts', False, 'with libtpu, on any machine: compile each form for one '
+                    'chip of each of --generations and print the compiler\'s counts (no timing)')
+  flags.DEFINE_string('generations', ','.join(TPU_GENERATIONS), 'TPU generations of --tpu_counts')
 
 
 def with_small_preset(values: dict[str, Any]) -> dict[str, Any]:
@@ -395,9 +498,18 @@ def main(argv: Sequence[str]) -> int:
   """Runs, prints the table, writes JSON; exit status 1 when a formulation was rejected."""
   args = arguments(sys.modules[__name__], argv)
   split = lambda s: [item for item in s.split(',') if item]
-  rows = run_benchmark(resolve_shapes(split(args.shapes), args.width, args.batch_divisor),
-                       split(args.affinity), split(args.modes), split(args.precisions),
-                       split(args.formulations), args.warmup, args.repeats, args.seed)
+  shapes = resolve_shapes(split(args.shapes), args.width, args.batch_divisor)
+  if args.tpu_counts:
+    rows = tpu_counts(shapes, split(args.affinity), split(args.modes), split(args.precisions),
+                      split(args.formulations), split(args.generations))
+    print(format_counts(rows))
+    if args.json_out:
+      with open(args.json_out, 'w') as f:
+        json.dump(dict(arguments=vars(args), counts=rows), f, indent=1)
+    return 0
+  rows = run_benchmark(shapes, split(args.affinity), split(args.modes), split(args.precisions),
+                       default_formulations(split(args.formulations)), args.warmup, args.repeats,
+                       args.seed)
   env = environment()
   print('# %s (%s), jax %s, %s; median of %d runs after %d warm-up' % (
       env['device'], env['processor'], env['jax_version'], env['date'], args.repeats, args.warmup))

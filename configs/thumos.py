@@ -26,6 +26,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.dropout_rate = 0.7  # dropout after the second affinity convolution
   model.affinity = 'official'  # 'official' (bit-for-bit the released code) or 'paper'
   model.dtype = 'float32'  # 'float32' or 'bfloat16' (the base module only); params stay float32
+  model.affinity_kernel = 'auto'  # 'auto' (fused Pallas kernel on TPUs, XLA elsewhere), 'xla', or
+  # 'pallas' (the kernel everywhere; interpreted off TPUs: slow, for tests); float64 takes XLA
   return model
 
 

@@ -32,6 +32,10 @@ Commands
   logs     stream worker 0's log of a run again (after Ctrl-C, or from another terminal)
   stop     stop the run on every worker
   delete   delete the TPU VM (no prompt)
+  bench    on worker 0 of a set-up single-host TPU VM: the affinity microbenchmark (the XLA forms,
+           the fused Pallas kernel and the dense matmul of equal FLOPs, timed;
+           benchmarks/affinity_kernel.py) and the train-step benchmark (benchmarks/train_step.py),
+           then copy their JSON files here, into --bench-out
   preflight  on THIS machine, no TPU needed (pip install 'jax[tpu]' for libtpu): compile the
            whole train step for --accelerator-type with the TPU compiler and report per chip
            FLOPs, bytes, HBM use against capacity and the roofline step time, so you learn the
@@ -63,6 +67,8 @@ Options (flag / environment variable / default)
   --workdir DIR            BACKTAL_WORKDIR        required by run: gs://bucket/path on a pod slice
   --run-id ID              BACKTAL_RUN_ID         run: UTC date-time; logs/stop: the latest run
   --log-dir DIR            BACKTAL_LOG_DIR        backtal_logs: per-run logs on each worker
+  --bench-dir DIR          BACKTAL_BENCH_DIR      backtal_bench: bench's JSON files on worker 0
+  --bench-out DIR          BACKTAL_BENCH_OUT      tpu_bench: where bench copies them on this machine
   --dry-run                DRY_RUN=1              print the commands, run none of them
   -h, --help                                      this help
 
@@ -274,6 +280,21 @@ cmd_preflight() {
     "--datasets=${BACKTAL_PREFLIGHT_DATASETS:-thumos14}" "${sets[@]}"
 }
 
+cmd_bench() {
+  require "$NAME" --name TPU_NAME "the TPU VM's name"
+  require "$ZONE" --zone TPU_ZONE "the zone, e.g. us-central2-b"
+  local python out status=0
+  python="$(remote_path "$VENV")/bin/python"
+  out="$(remote_path "$BENCH_DIR")"
+  # Both benchmarks run even when the first fails (it exits 1 when a form misses its tolerance, and
+  # still writes its JSON); the worst status is the command's.
+  on_workers "mkdir -p $out && cd $(remote_path "$REMOTE_DIR") && { $python -m benchmarks.affinity_kernel --json_out=$out/affinity_tpu.json; a=\$?; $python -m benchmarks.train_step --json_out=$out/train_step_tpu.json; t=\$?; exit \$((a > t ? a : t)); }" 0 || status=$?
+  run_cmd mkdir -p "$BENCH_OUT"
+  gcloud_tpu scp "$NAME:$BENCH_DIR/affinity_tpu.json" "$NAME:$BENCH_DIR/train_step_tpu.json" \
+    "$BENCH_OUT/" --worker=0
+  return "$status"
+}
+
 cmd_delete() {
   require "$NAME" --name TPU_NAME "the TPU VM's name"
   require "$ZONE" --zone TPU_ZONE "the zone, e.g. us-central2-b"
@@ -313,6 +334,8 @@ set_option() {
     --workdir) WORKDIR=$2 ;;
     --run-id) RUN_ID=$2 ;;
     --log-dir) LOG_DIR=$2 ;;
+    --bench-dir) BENCH_DIR=$2 ;;
+    --bench-out) BENCH_OUT=$2 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 }
@@ -338,12 +361,14 @@ main() {
   WORKDIR=${BACKTAL_WORKDIR:-}
   RUN_ID=${BACKTAL_RUN_ID:-}
   LOG_DIR=${BACKTAL_LOG_DIR:-backtal_logs}
+  BENCH_DIR=${BACKTAL_BENCH_DIR:-backtal_bench}
+  BENCH_OUT=${BACKTAL_BENCH_OUT:-tpu_bench}
   COMMAND=''
   parse_options "$@"
   case $COMMAND in
-    create | setup | run | logs | stop | delete | preflight) "cmd_$COMMAND" ;;
-    '') usage >&2; die "no command given (create, setup, run, logs, stop, delete, preflight)" ;;
-    *) die "unknown command '$COMMAND' (create, setup, run, logs, stop, delete, preflight)" ;;
+    create | setup | run | logs | stop | delete | preflight | bench) "cmd_$COMMAND" ;;
+    '') usage >&2; die "no command given (create, setup, run, logs, stop, delete, preflight, bench)" ;;
+    *) die "unknown command '$COMMAND' (create, setup, run, logs, stop, delete, preflight, bench)" ;;
   esac
 }
 

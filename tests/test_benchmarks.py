@@ -32,6 +32,27 @@ def test_main_runs_at_a_tiny_shape_and_writes_json(tmp_path):
   assert all(r['correct'] and r['ms'] > 0 and r['fraction_of_dense'] > 0 for r in rows)
 
 
+def test_the_kernel_row_is_checked_and_timed_when_named_and_left_out_on_cpus_otherwise():
+  """Off TPUs the kernel runs interpreted: named, its row is checked like any form (here both
+  gradients' paths, with a batch of short videos); unnamed, it is not run at all."""
+  rows = affinity_kernel.run_benchmark(
+      [('tiny', (3, 5, 6))], ['paper'], ['forward_backward'], ['highest'], ['kernel'],
+      warmup=1, repeats=1)
+  (row,) = rows
+  assert row['formulation'] == 'kernel' and row['correct'] and row['ms'] > 0
+  assert row['relative_error'] <= affinity_kernel.TOLERANCE['highest']
+  assert affinity_kernel.default_formulations(['kernel']) == ['kernel']
+  assert 'kernel' not in affinity_kernel.default_formulations([])
+  assert 'convolution' in affinity_kernel.default_formulations([])
+
+
+def test_estimated_cycles_sums_the_instructions_estimates():
+  hlo = ('%a = f32[2] add(...), backend_config={"estimated_cycles":"120"}\n'
+         '%k = f32[2] custom-call(...), custom_call_target="tpu_custom_call"\n'
+         '%b = f32[2] fusion(...), backend_config={"x":1,"estimated_cycles":"7"}')
+  assert affinity_kernel.estimated_cycles(hlo) == 127
+
+
 def with_wrong_formulation(affinity):
   """The real formulations plus 'paper' affinity passed off as 'official' (a plausible bug)."""
   found = dict(affinity_kernel.formulations(affinity))

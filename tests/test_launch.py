@@ -231,6 +231,7 @@ def test_delete_is_quiet(standins):
     (('run', *RUN_ARGS), 'backtal_jax.main --config=configs/thumos.py:synthetic'),
     (('stop',), 'gcloud compute tpus tpu-vm ssh tal --worker=all'),
     (('delete',), 'gcloud compute tpus tpu-vm delete tal --quiet'),
+    (('bench',), 'gcloud compute tpus tpu-vm scp tal:backtal_bench/affinity_tpu.json'),
 ])
 def test_tpu_dry_run_runs_nothing(standins, command, expected):
   """--dry-run prints the commands (as a shell would read them) and never calls gcloud."""
@@ -243,6 +244,23 @@ def test_tpu_dry_run_runs_nothing(standins, command, expected):
     if line.startswith('+ gcloud'):
       argv = shlex.split(line[2:])
       assert flag(argv, 'zone') == 'us-central2-b'
+
+
+def test_bench_runs_both_benchmarks_on_worker_0_and_copies_their_json_back(standins, tmp_path):
+  env, calls = standins
+  out = tmp_path / 'results'
+  r = run(TPU_VM, 'bench', *TPU, f'--bench-out={out}', env=env)
+  assert r.returncode == 0, r.stderr
+  ssh, scp = calls('gcloud')
+  assert ssh[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'tal'] and flag(ssh, 'worker') == '0'
+  remote = flag(ssh, 'command')
+  assert ('-m benchmarks.affinity_kernel --json_out="$HOME"/backtal_bench/affinity_tpu.json'
+          in remote)
+  assert '-m benchmarks.train_step --json_out="$HOME"/backtal_bench/train_step_tpu.json' in remote
+  assert scp[:4] == ['compute', 'tpus', 'tpu-vm', 'scp'] and flag(scp, 'worker') == '0'
+  assert scp[4:7] == ['tal:backtal_bench/affinity_tpu.json',
+                      'tal:backtal_bench/train_step_tpu.json', f'{out}/']
+  assert out.is_dir()
 
 
 def test_tpu_dry_run_from_the_environment(standins):

@@ -103,6 +103,7 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
   config.train.num_epochs = -1
   config.train.selection_split = 'train'
   config.model.dtype = 'float16'
+  config.model.affinity_kernel = 'mosaic'
   problems = preflight.config_problems(config, 4)
   expected = [
       f'config.data.features_root: {tmp_path}/test is not a directory',
@@ -113,6 +114,7 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
       'config.train.num_epochs is -1, expected an integer >= 1',
       "config.train.selection_split is 'train'",
       "config.model.dtype is 'float16'",
+      "config.model.affinity_kernel is 'mosaic', expected one of ('auto', 'xla', 'pallas')",
   ]
   for text in expected:
     assert sum(p.startswith(text) for p in problems) == 1, (text, problems)

@@ -22,13 +22,30 @@ def test_debug_step_compiles_for_a_v5e_slice_fits_and_uses_the_tpu_formulations(
   assert row['fits'] and 0 < row['hbm_fraction'] < 0.01
   assert row['tflop'] > 0 and row['gb_accessed'] > 0
   assert row['roofline_ms'] == max(row['compute_ms'], row['memory_ms'])
-  affinity_convolutions = [line for line in compiled.as_text().splitlines()
-                           if 'affinity_conv' in line and 'conv_general_dilated' in line]
-  assert affinity_convolutions  # 'official' affinity lowered per platform: convolutions on TPUs
-  merge_ops = [line.split('op_name="')[1].split('"')[0] for line in compiled.as_text().splitlines()
+  hlo = compiled.as_text().splitlines()
+  kernels = [line.split(' = ')[0].strip().lstrip('%').split('.')[0] for line in hlo
+             if 'custom_call_target="tpu_custom_call"' in line]
+  # Both affinity convolutions through the fused kernels ('auto' on TPUs): forward, dx with ds, dW.
+  assert sorted(kernels) == sorted(['affinity_forward', 'affinity_input_grad',
+                                    'affinity_kernel_grad'] * 2)
+  # Their products are inside the kernels: no convolution or product of the base module is left
+  # in the program to write a [B, T, O] group output to memory.
+  base_products = [line for line in hlo if 'base_module/' in line and
+                   (' convolution(' in line or ' dot(' in line or 'kind=kOutput' in line)]
+  assert not base_products, base_products[:3]
+  merge_ops = [line.split('op_name="')[1].split('"')[0] for line in hlo
                if 'base_module/' in line and 'op_name="' in line]
   assert any('/concatenate' in name for name in merge_ops)  # passes merged per device block
   assert not any('/stack' in name for name in merge_ops)  # not per video
+
+
+def test_forcing_xla_on_tpus_gives_the_group_convolutions():
+  config = tpu_compile.dataset_config('debug', ['model.affinity_kernel=xla'])
+  compiled = tpu_compile.compile_train_step(config, tpu_compile.topology_devices('v5e:2x2'))
+  hlo = compiled.as_text()
+  assert 'tpu_custom_call' not in hlo
+  assert any('affinity_conv' in line and 'conv_general_dilated' in line
+             for line in hlo.splitlines())  # 'official' as per-group convolutions on TPUs
 
 
 def test_accelerator_types_name_known_slices():

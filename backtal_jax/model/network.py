@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from backtal_jax.core import batch_rows
 from backtal_jax.model import affinity
+from backtal_jax.model import affinity_select
 from backtal_jax.model import topk
 
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -88,6 +89,7 @@ class AffinityConv(nn.Module):
   features: int
   affinity: str
   dtype: Any
+  affinity_kernel: str = 'auto'
 
   @nn.compact
   def __call__(self, x_BxTxI, similarity_BxTx3):
@@ -95,7 +97,9 @@ class AffinityConv(nn.Module):
                                                       self.features))
     x_BxTxI, similarity_BxTx3, kernel = nn.dtypes.promote_dtype(
         x_BxTxI, similarity_BxTx3, kernel, dtype=self.dtype)
-    return affinity.affinity_conv(x_BxTxI, similarity_BxTx3, kernel, affinity=self.affinity)
+    return affinity_select.affinity_conv(x_BxTxI, similarity_BxTx3, kernel,
+                                         affinity_form=self.affinity,
+                                         affinity_kernel=self.affinity_kernel)
 
 
 class Dropout(nn.Module):
@@ -127,11 +131,13 @@ class BaseModule(nn.Module):
   dropout_rate: float
   affinity: str
   dtype: Any
+  affinity_kernel: str = 'auto'
 
   @nn.compact
   def __call__(self, passes_x_BxTxF: Sequence[jax.Array], similarity_BxTx3,
                deterministic: bool) -> list[tuple[jax.Array, jax.Array]]:
-    conv = functools.partial(AffinityConv, self.hidden_dim, self.affinity, self.dtype)
+    conv = functools.partial(AffinityConv, self.hidden_dim, self.affinity, self.dtype,
+                             self.affinity_kernel)
     num_passes = len(passes_x_BxTxF)
     x_PBxTxF = merge_passes(passes_x_BxTxF)
     similarity_PBxTx3 = merge_passes([similarity_BxTx3] * num_passes)
@@ -211,9 +217,11 @@ class BackTAL(nn.Module):
   dropout_rate: float = 0.7
   affinity: str = 'official'
   dtype: Any = 'float32'
+  affinity_kernel: str = 'auto'  # see backtal_jax.model.affinity_select
 
   def setup(self):
     affinity.check_affinity(self.affinity)
+    affinity_select.check_affinity_kernel(self.affinity_kernel)
     compute_dtype = jnp.dtype(self.dtype)
     # Only the base module (most of the FLOPs and bytes) computes in bfloat16: trained with the
     # filter, embedding and classifier in bfloat16 too, the testbed loses 2-4 points of mAP
@@ -221,7 +229,8 @@ class BackTAL(nn.Module):
     at_least_f32 = jnp.promote_types(compute_dtype, jnp.float32)
     self.filter_module = FilterModule(self.filter_dim, at_least_f32)
     self.embedding_module = EmbeddingModule(self.embed_hidden_dim, self.embed_dim, at_least_f32)
-    self.base_module = BaseModule(self.hidden_dim, self.dropout_rate, self.affinity, compute_dtype)
+    self.base_module = BaseModule(self.hidden_dim, self.dropout_rate, self.affinity, compute_dtype,
+                                  self.affinity_kernel)
     self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, at_least_f32)
 
   def __call__(self, features_BxTxF: jax.Array, deterministic: bool = True) -> BackTALOutputs:

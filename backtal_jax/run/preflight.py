@@ -23,6 +23,7 @@ from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import feature_scan
 from backtal_jax.data import supervision
+from backtal_jax.model import affinity_select
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SOURCES = ('npz', 'tfds', 'synthetic')
@@ -96,6 +97,7 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int) -> lis
   elif config.train.selection_split == 'heldout':
     problems += _raised(lambda: datasets.heldout_indices(10, config.train.heldout_fraction, 0))
   problems += _raised(lambda: supervision.check_supervision(config.train.supervision))
+  problems += _raised(lambda: affinity_select.check_affinity_kernel(config.model.affinity_kernel))
   if config.model.dtype not in COMPUTE_DTYPES:
     problems.append(f'config.model.dtype is {config.model.dtype!r}, expected one of '
                     f'{COMPUTE_DTYPES}')

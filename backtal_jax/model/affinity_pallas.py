@@ -1,0 +1,415 @@
+"""The affinity convolution as fused Pallas TPU kernels: forward, and a backward under custom_vjp.
+
+The XLA forms (backtal_jax.model.affinity) write the three group outputs of each affinity
+convolution to HBM in the forward pass and read them back for the similarity gradient, the
+largest share of the TPU train step's traffic (benchmarks/RESULTS.md). Here the similarities are
+applied to the taps inside the product, in VMEM, so that only [B, T, O] is written:
+
+  out[t] = sum_k (x[t+k-1] * scale_k(t)) @ W[k],   scale_k(t)[c] = s_{g(k, c)}(t),
+
+with g(k, c) = floor((3c + k) / I) for 'official' (a boundary channel's taps may fall into two
+groups) and g(k, c) = k for 'paper'. Scaling a tap's row before the product is the official code's
+own order (it multiplies the unfolded input by the similarity tile, then takes one product).
+
+A block holds a tile of frames of one video, or whole short videos side by side; the frame just
+before and just after a tile come from small halo arrays, and a tap beyond either end of the video
+reads zero, as the XLA form's padding does. The backward recomputes the scaled taps and the
+products g @ W[k]^T in VMEM instead of reading stored group outputs:
+
+  dx[u] = sum_k (scale_k * (g @ W[k]^T))[u-k+1]          (one kernel, with ds)
+  ds[t, j] = sum_{k, c: g(k, c) = j} x[t+k-1, c] * (g @ W[k]^T)[t, c]
+  dW[k] = sum_t (x[t+k-1] * scale_k(t))^T g[t]            (a second kernel)
+
+On a TPU the kernels are compiled by Mosaic; elsewhere they run in TPU interpret mode
+(`interpret=True`), which is how the tests check them on the CPU. Products accumulate in float32,
+elementwise work is done in float32, and the products' operands are in the input's dtype.
+"""
+
+import dataclasses
+import functools
+
+import jax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from backtal_jax.core import batch_rows
+from backtal_jax.model import affinity as affinity_lib
+
+TAPS = affinity_lib.KERNEL_SIZE
+FRAME_ALIGN = 16  # frames of a block: a multiple of a (16, 128) bfloat16 tile (two of float32)
+ROW_TILE = 512  # frames per block (a long video's tile, or short videos side by side)
+CHANNEL_TILES = (512, 256, 128)  # channel tiles tried in order; a width none divides is one tile
+VMEM_LIMIT_BYTES = 48 * 2**20  # a float32 step of the largest kernel takes ~25 MiB, double-buffered
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """Static sizes of one call: B videos of T frames, I -> O channels, and the tiles.
+
+  A block is [batch_tile, frame_tile, channels]; frame_tile is a multiple of FRAME_ALIGN, so the
+  block is a whole number of TPU tiles and folds into [batch_tile * frame_tile, channels] rows for
+  the products; frames past T (and videos past B) are masked.
+  """
+  batch: int
+  length: int
+  c_in: int
+  c_out: int
+  affinity: str
+  batch_tile: int
+  frame_tile: int
+  in_tile: int
+  out_tile: int
+
+  @property
+  def batch_tiles(self) -> int:
+    return pl.cdiv(self.batch, self.batch_tile)
+
+  @property
+  def frame_tiles(self) -> int:
+    return pl.cdiv(self.length, self.frame_tile)
+
+  @property
+  def in_tiles(self) -> int:
+    return pl.cdiv(self.c_in, self.in_tile)
+
+  @property
+  def out_tiles(self) -> int:
+    return pl.cdiv(self.c_out, self.out_tile)
+
+  @property
+  def rows(self) -> int:
+    return self.batch_tile * self.frame_tile
+
+
+def channel_tile(width: int) -> int:
+  """The largest of CHANNEL_TILES dividing `width`, else the whole width (one block, no ragged
+  edge, so that no reduction over channels ever sums padding)."""
+  return next((tile for tile in CHANNEL_TILES if width % tile == 0), width)
+
+
+def geometry(batch: int, length: int, c_in: int, c_out: int, affinity: str) -> Geometry:
+  aligned = pl.cdiv(length, FRAME_ALIGN) * FRAME_ALIGN
+  frame_tile = min(ROW_TILE, aligned)
+  batch_tile = max(1, min(batch, ROW_TILE // frame_tile))
+  return Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile,
+                  channel_tile(c_in), channel_tile(c_out))
+
+
+def halos(v_BxTxX: jax.Array, geo: Geometry) -> tuple[jax.Array, jax.Array]:
+  """v at the frame just before and just after each frame tile: [B, T / tT, 1, X] each, zero
+  beyond the video (read by the kernels as a tile's outside neighbours)."""
+  starts = np.arange(1, geo.frame_tiles) * geo.frame_tile
+  zero_Bx1xX = jnp.zeros_like(v_BxTxX[:, :1])
+  before = jnp.concatenate([zero_Bx1xX, v_BxTxX[:, starts - 1]], axis=1)
+  after = jnp.concatenate([v_BxTxX[:, starts], zero_Bx1xX], axis=1)
+  return before[:, :, None], after[:, :, None]
+
+
+def _tile_spec(geo: Geometry, tile: int, grid_axes: tuple[int, int, int | None]):
+  """BlockSpec of a [B, T, X] operand tiled [bB, tT, tile]; grid_axes: the grid axes of its
+  batch, frame and channel blocks (None: one block of all X)."""
+  b, t, c = grid_axes
+  return pl.BlockSpec((geo.batch_tile, geo.frame_tile, tile),
+                      lambda *grid: (grid[b], grid[t], grid[c] if c is not None else 0))
+
+
+def _halo_spec(geo: Geometry, tile: int, grid_axes: tuple[int, int, int | None]):
+  """BlockSpec of a halo array [B, T / tT, 1, X]: the tile's own neighbour frames."""
+  b, t, c = grid_axes
+  return pl.BlockSpec((geo.batch_tile, None, 1, tile),
+                      lambda *grid: (grid[b], grid[t], 0, grid[c] if c is not None else 0))
+
+
+def _positions(geo: Geometry, batch_block, frame_block):
+  """Video and frame index of each row of the block: [bB, tT, 1] each."""
+  shape = (geo.batch_tile, geo.frame_tile, 1)
+  video = batch_block * geo.batch_tile + jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  frame = frame_block * geo.frame_tile + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  return video, frame
+
+
+def _valid(geo: Geometry, blocks, value_BxTxX):
+  """Zero in the rows past B videos or T frames (a partial block holds whatever lies beyond)."""
+  video, frame = _positions(geo, *blocks)
+  inside = (video < geo.batch) & (frame < geo.length)
+  return jnp.where(inside, value_BxTxX, jnp.zeros_like(value_BxTxX))
+
+
+def _neighbours(geo: Geometry, blocks, tile_BxTxX, before_Bx1xX, after_Bx1xX):
+  """Per row t of the block: (v[t-1], v[t+1]) within its video, zero beyond either end.
+
+  `before_Bx1xX` and `after_Bx1xX` are v at the frames just outside the tile (the halos).
+  """
+  _, frame = _positions(geo, *blocks)
+  position = jax.lax.broadcasted_iota(jnp.int32, (geo.batch_tile, geo.frame_tile, 1), 1)
+  previous = pltpu.roll(tile_BxTxX, 1, 1)  # previous[t] = tile[t - 1], wrapping at row 0
+  previous = jnp.where(position == 0, before_Bx1xX, previous)
+  following = pltpu.roll(tile_BxTxX, geo.frame_tile - 1, 1)  # following[t] = tile[t + 1]
+  following = jnp.where(position == geo.frame_tile - 1, after_Bx1xX, following)
+  zero = jnp.zeros_like(tile_BxTxX)
+  previous = jnp.where(frame == 0, zero, previous)
+  following = jnp.where(frame + 1 >= geo.length, zero, following)
+  return previous, following
+
+
+def _taps(geo: Geometry, blocks, x_ref, before_ref, after_ref):
+  """x[t-1], x[t], x[t+1] of the block's rows in float32, zero beyond the video and past B."""
+  x_BxTxI = _valid(geo, blocks, x_ref[...].astype(jnp.float32))
+  previous, following = _neighbours(geo, blocks, x_BxTxI, before_ref[...].astype(jnp.float32),
+                                    after_ref[...].astype(jnp.float32))
+  return [_valid(geo, blocks, tap) for tap in (previous, x_BxTxI, following)]
+
+
+def _tap_groups(geo: Geometry, tap: int, in_block):
+  """g(tap, c) of the block's input channels: [1, 1, tI] int32 ('official' only)."""
+  channel = in_block * geo.in_tile + jax.lax.broadcasted_iota(jnp.int32, (1, 1, geo.in_tile), 2)
+  index = TAPS * channel + tap
+  return (index >= geo.c_in).astype(jnp.int32) + (index >= 2 * geo.c_in).astype(jnp.int32)
+
+
+def _tap_scale(geo: Geometry, tap: int, in_block, similarity_BxTx3):
+  """scale_tap(t)[c] of the block: [bB, tT, tI] ('official') or [bB, tT, 1] ('paper')."""
+  if geo.affinity == 'paper':
+    return similarity_BxTx3[..., tap:tap + 1]
+  group = _tap_groups(geo, tap, in_block)
+  return jnp.where(group == 0, similarity_BxTx3[..., 0:1],
+                   jnp.where(group == 1, similarity_BxTx3[..., 1:2], similarity_BxTx3[..., 2:3]))
+
+
+def _rows(geo: Geometry, value_BxTxX):
+  """The block's rows as one matrix [bB * tT, X] (free: tT is a whole number of tiles)."""
+  return value_BxTxX.reshape(geo.rows, value_BxTxX.shape[-1])
+
+
+def _dot(a, b, contracting, precision):
+  return jax.lax.dot_general(a, b, (contracting, ((), ())), precision=precision,
+                             preferred_element_type=jnp.float32)
+
+
+def _forward_kernel(x_ref, x_before_ref, x_after_ref, s_ref, w_ref, out_ref, acc_ref, *, geo,
+                    precision):
+  """Grid (batch blocks, frame blocks, output blocks, input blocks); the last is the sum."""
+  blocks, in_block = (pl.program_id(0), pl.program_id(1)), pl.program_id(3)
+
+  @pl.when(in_block == 0)
+  def _():
+    acc_ref[...] = jnp.zeros_like(acc_ref)
+
+  similarity = s_ref[...].astype(jnp.float32)
+  for k, tap in enumerate(_taps(geo, blocks, x_ref, x_before_ref, x_after_ref)):
+    scaled = (tap * _tap_scale(geo, k, in_block, similarity)).astype(w_ref.dtype)
+    acc_ref[...] += _dot(_rows(geo, scaled), w_ref[k], ((1,), (0,)), precision)
+
+  @pl.when(in_block == pl.num_programs(3) - 1)
+  def _():
+    out_ref[...] = acc_ref[...].reshape(out_ref.shape).astype(out_ref.dtype)
+
+
+def _input_kernel(g_ref, g_before_ref, g_after_ref, w_ref, x_ref, x_before_ref, x_after_ref,
+                  s_ref, s_before_ref, s_after_ref, dx_ref, ds_ref, gw_ref, gw_before_ref,
+                  gw_after_ref, *, geo, precision):
+  """dx, and the input block's part of ds; grid (batch blocks, frame blocks, input blocks,
+  output blocks), the last being the sum of g @ W[k]^T."""
+  blocks, in_block, out_block = (pl.program_id(0), pl.program_id(1)), pl.program_id(2), \
+      pl.program_id(3)
+
+  @pl.when(out_block == 0)
+  def _():
+    gw_ref[...] = jnp.zeros_like(gw_ref)
+    gw_before_ref[...] = jnp.zeros_like(gw_before_ref)
+    gw_after_ref[...] = jnp.zeros_like(gw_after_ref)
+
+  over_out = ((1,), (1,))  # [rows, tO] . W[k] [tI, tO] over tO
+  g_rows = _rows(geo, g_ref[...])
+  for k in range(TAPS):
+    gw_ref[k] += _dot(g_rows, w_ref[k], over_out, precision)
+  # dx[t] reads tap 0 of frame t+1 and tap 2 of frame t-1: beyond the tile, from the halos.
+  gw_after_ref[...] += _dot(g_after_ref[:, 0], w_ref[0], over_out, precision)
+  gw_before_ref[...] += _dot(g_before_ref[:, 0], w_ref[TAPS - 1], over_out, precision)
+
+  @pl.when(out_block == pl.num_programs(3) - 1)
+  def _():
+    shape = (geo.batch_tile, geo.frame_tile, geo.in_tile)
+    similarity = s_ref[...].astype(jnp.float32)
+    gw = [gw_ref[k].reshape(shape) for k in range(TAPS)]
+    weighted = [_valid(geo, blocks, gw[k] * _tap_scale(geo, k, in_block, similarity))
+                for k in range(TAPS)]
+    after = gw_after_ref[...][:, None] * _tap_scale(
+        geo, 0, in_block, s_after_ref[...].astype(jnp.float32))
+    before = gw_before_ref[...][:, None] * _tap_scale(
+        geo, TAPS - 1, in_block, s_before_ref[...].astype(jnp.float32))
+    _, from_following = _neighbours(geo, blocks, weighted[0], before, after)
+    from_previous, _ = _neighbours(geo, blocks, weighted[TAPS - 1], before, after)
+    dx_ref[...] = (weighted[1] + from_following + from_previous).astype(dx_ref.dtype)
+
+    taps = _taps(geo, blocks, x_ref, x_before_ref, x_after_ref)
+    lane = jax.lax.broadcasted_iota(jnp.int32, (1, 1, TAPS), 2)
+    ds = jnp.zeros((geo.batch_tile, geo.frame_tile, TAPS), jnp.float32)
+    for k, tap in enumerate(taps):
+      product = tap * _valid(geo, blocks, gw[k])
+      if geo.affinity == 'paper':
+        ds += jnp.where(lane == k, jnp.sum(product, axis=-1, keepdims=True), 0.0)
+        continue
+      group = _tap_groups(geo, k, in_block)
+      for j in range(TAPS):
+        part = jnp.sum(jnp.where(group == j, product, 0.0), axis=-1, keepdims=True)
+        ds += jnp.where(lane == j, part, 0.0)
+    ds_ref[...] = ds
+
+
+def _kernel_grad_kernel(x_ref, x_before_ref, x_after_ref, s_ref, g_ref, dw_ref, acc_ref, *, geo,
+                        precision):
+  """dW; grid (input blocks, output blocks, batch blocks, frame blocks), the last two the sum."""
+  in_block, blocks = pl.program_id(0), (pl.program_id(2), pl.program_id(3))
+  first = (pl.program_id(2) == 0) & (pl.program_id(3) == 0)
+  last = ((pl.program_id(2) == pl.num_programs(2) - 1) &
+          (pl.program_id(3) == pl.num_programs(3) - 1))
+
+  @pl.when(first)
+  def _():
+    acc_ref[...] = jnp.zeros_like(acc_ref)
+
+  similarity = _valid(geo, blocks, s_ref[...].astype(jnp.float32))
+  g_rows = _rows(geo, _valid(geo, blocks, g_ref[...]))
+  for k, tap in enumerate(_taps(geo, blocks, x_ref, x_before_ref, x_after_ref)):
+    scaled = (tap * _tap_scale(geo, k, in_block, similarity)).astype(g_rows.dtype)
+    acc_ref[k] += _dot(_rows(geo, scaled), g_rows, ((0,), (0,)), precision)
+
+  @pl.when(last)
+  def _():
+    dw_ref[...] = acc_ref[...].astype(dw_ref.dtype)
+
+
+def _interpret(interpret: bool):
+  return pltpu.InterpretParams() if interpret else False
+
+
+def _compiler_params(*semantics):
+  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=VMEM_LIMIT_BYTES)
+
+
+def _cost(geo: Geometry, operands, results) -> pl.CostEstimate:
+  """Three [B*T, I] x [I, O] products, and each operand and result moved once: the convention by
+  which the compiler counts its own fusions (re-reads of a tile are not counted)."""
+  flops = 2 * TAPS * geo.batch * geo.length * geo.c_in * geo.c_out
+  moved = sum(a.size * a.dtype.itemsize for a in (*operands, *results))
+  return pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=moved)
+
+
+def forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision, interpret: bool):
+  x_halos = halos(x_BxTxI, geo)
+  out = jax.ShapeDtypeStruct((geo.batch, geo.length, geo.c_out), x_BxTxI.dtype)
+  axes = (0, 1, 3)  # grid axes of the batch, frame and input-channel blocks
+  return pl.pallas_call(
+      functools.partial(_forward_kernel, geo=geo, precision=precision),
+      out_shape=out,
+      grid=(geo.batch_tiles, geo.frame_tiles, geo.out_tiles, geo.in_tiles),
+      in_specs=[_tile_spec(geo, geo.in_tile, axes), _halo_spec(geo, geo.in_tile, axes),
+                _halo_spec(geo, geo.in_tile, axes), _tile_spec(geo, TAPS, (0, 1, None)),
+                pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o))],
+      out_specs=_tile_spec(geo, geo.out_tile, (0, 1, 2)),
+      scratch_shapes=[pltpu.VMEM((geo.rows, geo.out_tile), jnp.float32)],
+      compiler_params=_compiler_params('parallel', 'parallel', 'parallel', 'arbitrary'),
+      cost_estimate=_cost(geo, (x_BxTxI, similarity_BxTx3, kernel_KxIxO), (out,)),
+      interpret=_interpret(interpret), name='affinity_forward',
+  )(x_BxTxI, *x_halos, similarity_BxTx3, kernel_KxIxO)
+
+
+def input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry,
+                               precision, interpret: bool):
+  """dx [B, T, I] and ds [B, T, 3] (the input blocks' parts summed here)."""
+  rows_of = lambda tile, channel_axis: (_tile_spec(geo, tile, (0, 1, channel_axis)),
+                                        _halo_spec(geo, tile, (0, 1, channel_axis)),
+                                        _halo_spec(geo, tile, (0, 1, channel_axis)))
+  results = (jax.ShapeDtypeStruct(x_BxTxI.shape, x_BxTxI.dtype),
+             jax.ShapeDtypeStruct((geo.in_tiles, geo.batch, geo.length, TAPS), jnp.float32))
+  dx_BxTxI, ds_parts = pl.pallas_call(
+      functools.partial(_input_kernel, geo=geo, precision=precision),
+      out_shape=results,
+      grid=(geo.batch_tiles, geo.frame_tiles, geo.in_tiles, geo.out_tiles),
+      in_specs=[*rows_of(geo.out_tile, 3),
+                pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, i, o: (0, i, o)),
+                *rows_of(geo.in_tile, 2), *rows_of(TAPS, None)],
+      out_specs=(_tile_spec(geo, geo.in_tile, (0, 1, 2)),
+                 pl.BlockSpec((None, geo.batch_tile, geo.frame_tile, TAPS),
+                              lambda b, t, i, o: (i, b, t, 0))),
+      scratch_shapes=[pltpu.VMEM((TAPS, geo.rows, geo.in_tile), jnp.float32),
+                      pltpu.VMEM((geo.batch_tile, geo.in_tile), jnp.float32),
+                      pltpu.VMEM((geo.batch_tile, geo.in_tile), jnp.float32)],
+      compiler_params=_compiler_params('parallel', 'parallel', 'parallel', 'arbitrary'),
+      cost_estimate=_cost(geo, (g_BxTxO, kernel_KxIxO, x_BxTxI, similarity_BxTx3), results),
+      interpret=_interpret(interpret), name='affinity_input_grad',
+  )(g_BxTxO, *halos(g_BxTxO, geo), kernel_KxIxO, x_BxTxI, *halos(x_BxTxI, geo),
+    similarity_BxTx3, *halos(similarity_BxTx3, geo))
+  return dx_BxTxI, jnp.sum(ds_parts, axis=0).astype(similarity_BxTx3.dtype)
+
+
+def kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision,
+                interpret: bool):
+  result = jax.ShapeDtypeStruct(kernel_KxIxO.shape, kernel_KxIxO.dtype)
+  axes = (2, 3, 0)  # grid axes of the batch, frame and input-channel blocks
+  return pl.pallas_call(
+      functools.partial(_kernel_grad_kernel, geo=geo, precision=precision),
+      out_shape=result,
+      grid=(geo.in_tiles, geo.out_tiles, geo.batch_tiles, geo.frame_tiles),
+      in_specs=[_tile_spec(geo, geo.in_tile, axes), _halo_spec(geo, geo.in_tile, axes),
+                _halo_spec(geo, geo.in_tile, axes), _tile_spec(geo, TAPS, (2, 3, None)),
+                _tile_spec(geo, geo.out_tile, (2, 3, 1))],
+      out_specs=pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda i, o, b, t: (0, i, o)),
+      scratch_shapes=[pltpu.VMEM((TAPS, geo.in_tile, geo.out_tile), jnp.float32)],
+      compiler_params=_compiler_params('parallel', 'parallel', 'arbitrary', 'arbitrary'),
+      cost_estimate=_cost(geo, (x_BxTxI, similarity_BxTx3, g_BxTxO), (result,)),
+      interpret=_interpret(interpret), name='affinity_kernel_grad',
+  )(x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, g_BxTxO)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision, interpret: bool):
+  return forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+
+
+def _fused_forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret):
+  out = forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+  return out, (x_BxTxI, similarity_BxTx3, kernel_KxIxO)
+
+
+def _fused_backward(geo, precision, interpret, residuals, g_BxTxO):
+  x_BxTxI, similarity_BxTx3, kernel_KxIxO = residuals
+  g_BxTxO = g_BxTxO.astype(x_BxTxI.dtype)
+  dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo,
+                                      precision, interpret)
+  dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+  return dx, ds, dw
+
+
+_fused.defvjp(_fused_forward, _fused_backward)
+
+
+def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret):
+  batch, length, c_in = x_BxTxI.shape
+  geo = geometry(batch, length, c_in, kernel_KxIxO.shape[-1], affinity)
+  return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+
+
+def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array,
+                        *, affinity: str = 'official', precision=None,
+                        interpret: bool = False) -> jax.Array:
+  """The affinity convolution of a batch through the fused kernels: [B, T, I] -> [B, T, O].
+
+  On a mesh whose batch axis splits the videos, each device runs the kernels on its own videos
+  (shard_map; the kernel gradient's parts are summed over the devices by shard_map's transpose),
+  since the compiler cannot partition a kernel it does not see into.
+  """
+  affinity_lib.check_affinity(affinity)
+  one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
+                                interpret=interpret)
+  if batch_rows.batch_shards(x_BxTxI) == 1:
+    return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
+  typed = jax.typeof(x_BxTxI).sharding
+  videos = P(typed.spec[0])
+  # check_vma=False: a pallas_call's results carry no varying-axes annotation.
+  return jax.shard_map(one_shard, mesh=typed.mesh, in_specs=(videos, videos, P()),
+                       out_specs=videos, check_vma=False)(x_BxTxI, similarity_BxTx3, kernel_KxIxO)

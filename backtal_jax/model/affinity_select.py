@@ -1,0 +1,44 @@
+"""Which implementation of the affinity convolution runs where (`model.affinity_kernel`).
+
+- 'auto' (the default): on TPUs the fused Pallas kernel (backtal_jax.model.affinity_pallas), which
+  writes no group outputs; on CPUs and GPUs the XLA form (backtal_jax.model.affinity), the one every
+  published CPU number was trained with.
+- 'xla': the XLA form everywhere (on TPUs too, for comparison).
+- 'pallas': the kernel everywhere; off TPUs it runs in TPU interpret mode, exact but slow: for
+  tests on the CPU, not for training.
+
+float64 always takes the XLA form: the kernel accumulates in float32 (and TPUs have no float64).
+The choice per platform is made when the program is lowered (`jax.lax.platform_dependent`), so
+that a step compiled on a CPU host for a TPU slice (benchmarks/tpu_compile.py) gets the kernel.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from backtal_jax.model import affinity
+from backtal_jax.model import affinity_pallas
+
+AFFINITY_KERNELS = ('auto', 'xla', 'pallas')
+
+
+def check_affinity_kernel(affinity_kernel: str) -> None:
+  if affinity_kernel not in AFFINITY_KERNELS:
+    raise ValueError(f'config.model.affinity_kernel is {affinity_kernel!r}, expected one of '
+                     f'{AFFINITY_KERNELS}')
+
+
+def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array, *,
+                  affinity_form: str = 'official', affinity_kernel: str = 'auto',
+                  precision=None) -> jax.Array:
+  """The affinity convolution of a batch, [B, T, I] -> [B, T, O], by the chosen implementation."""
+  check_affinity_kernel(affinity_kernel)
+  xla = functools.partial(affinity.affinity_conv, affinity=affinity_form, precision=precision)
+  if affinity_kernel == 'xla' or x_BxTxI.dtype == jnp.float64:
+    return xla(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
+  fused = functools.partial(affinity_pallas.fused_affinity_conv, affinity=affinity_form,
+                            precision=precision)
+  elsewhere = functools.partial(fused, interpret=True) if affinity_kernel == 'pallas' else xla
+  return jax.lax.platform_dependent(x_BxTxI, similarity_BxTx3, kernel_KxIxO, default=elsewhere,
+                                    tpu=fused)

@@ -1,0 +1,138 @@
+"""The fused Pallas affinity kernels, run in TPU interpret mode on the CPU, against the naive
+definitions; the implementation each platform gets; a debug training through the kernel."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from backtal_jax.core import sharding
+from backtal_jax.data import pipeline
+from backtal_jax.model import affinity as affinity_lib
+from backtal_jax.model import affinity_pallas
+from backtal_jax.model import affinity_select
+from backtal_jax.model import network
+from backtal_jax.run import train
+from backtal_jax.run import train_state
+from configs import thumos
+from tests import test_parity
+
+# Relative Frobenius error against the naive form in float32 at HIGHEST precision on the same
+# (already rounded) inputs; bfloat16 at the tolerance of the bfloat16 model test.
+TOLERANCE = {'float32': 1e-5, 'bfloat16': test_parity.BFLOAT16_OUTPUT_TOLERANCE}
+
+
+def random_inputs(batch, length, c_in, c_out, dtype):
+  """x, similarities (neighbour similarities plus noise, so no group's scale is special), the
+  kernel at PyTorch's scale, and a cotangent; rounded to `dtype`."""
+  keys = jax.random.split(jax.random.key(batch * 1000 + length + c_in), 5)
+  x = jax.random.normal(keys[0], (batch, length, c_in))
+  embedding = jax.random.normal(keys[1], (batch, length, 8))
+  similarity = jax.vmap(affinity_lib.neighbour_similarity)(embedding)
+  similarity = similarity + 0.3 * jax.random.normal(keys[2], similarity.shape)
+  bound = 1 / np.sqrt(3 * c_in)
+  kernel = jax.random.uniform(keys[3], (3, c_in, c_out), minval=-bound, maxval=bound)
+  cotangent = jax.random.normal(keys[4], (batch, length, c_out))
+  return [a.astype(dtype) for a in (x, similarity, kernel, cotangent)]
+
+
+def output_and_grads(conv, x, similarity, kernel, cotangent):
+  out, vjp = jax.vjp(conv, x, similarity, kernel)
+  return (out, *vjp(cotangent))
+
+
+def relative_errors(ours, reference):
+  f64 = lambda a: np.asarray(a, np.float64)
+  return [float(np.linalg.norm(f64(a) - f64(b)) / np.linalg.norm(f64(b)))
+          for a, b in zip(ours, reference)]
+
+
+# (affinity, dtype, B, T, I, O): T over one and several frame tiles (750: 512 + 238 with halos),
+# widths that are and are not multiples of 3 and of 128, several channel tiles (384 = 3 x 128),
+# batch 1 and 5 (five videos of T = 17 or 1 side by side in one block).
+CASES = [
+    ('official', 'float32', 1, 750, 128, 136),
+    ('paper', 'float32', 5, 100, 12, 7),
+    ('official', 'bfloat16', 5, 200, 384, 10),
+    ('official', 'float32', 5, 17, 10, 5),
+    ('paper', 'bfloat16', 1, 1, 5, 4),
+]
+
+
+@pytest.mark.parametrize('affinity,dtype,batch,length,c_in,c_out', CASES)
+def test_kernel_and_its_three_gradients_match_the_naive_form(affinity, dtype, batch, length,
+                                                             c_in, c_out):
+  inputs = random_inputs(batch, length, c_in, c_out, dtype)
+  kernel = lambda x, s, w: affinity_pallas.fused_affinity_conv(x, s, w, affinity=affinity,
+                                                               interpret=True)
+  ours = jax.jit(lambda *a: output_and_grads(kernel, *a))(*inputs)
+  reference = output_and_grads(affinity_lib.NAIVE[affinity],
+                               *(a.astype(jnp.float32) for a in inputs))
+  assert [a.dtype for a in ours] == [jnp.dtype(dtype)] * 4
+  errors = relative_errors(ours, reference)
+  assert max(errors) <= TOLERANCE[dtype], dict(zip(['out', 'dx', 'ds', 'dW'], errors))
+
+
+def test_cpu_auto_is_the_xla_form_bit_for_bit():
+  """'auto' off TPUs lowers to the XLA form alone (no kernel in the CPU program), with the same
+  bits, for both affinities and for the gradients."""
+  inputs = random_inputs(2, 9, 5, 4, 'float32')
+  for affinity in affinity_lib.AFFINITIES:
+    def conv(kind):
+      return lambda x, s, w: affinity_select.affinity_conv(x, s, w, affinity_form=affinity,
+                                                           affinity_kernel=kind)
+    step = lambda kind: jax.jit(lambda *a: output_and_grads(conv(kind), *a))
+    assert 'tpu_custom_call' not in step('auto').lower(*inputs).as_text()
+    for auto, xla in zip(step('auto')(*inputs), step('xla')(*inputs)):
+      np.testing.assert_array_equal(auto, xla)
+
+
+def test_float64_stays_on_the_xla_form():
+  with jax.enable_x64(True):
+    inputs = [a.astype(jnp.float64) for a in random_inputs(2, 9, 5, 4, 'float32')[:3]]
+    forced = jax.jit(lambda x, s, w: affinity_select.affinity_conv(
+        x, s, w, affinity_kernel='pallas'))
+    jaxpr = jax.make_jaxpr(forced)(*inputs)
+    assert 'pallas_call' not in str(jaxpr) and jaxpr.out_avals[0].dtype == jnp.float64
+
+
+def test_unknown_affinity_kernel_is_an_error():
+  with pytest.raises(ValueError, match="config.model.affinity_kernel is 'mosaic'"):
+    network.BackTAL(num_classes=2, feat_dim=4, affinity_kernel='mosaic').init(
+        jax.random.key(0), jnp.zeros((1, 4, 4)))
+
+
+def epoch_losses(config, workdir, epochs):
+  """Mean loss terms of each epoch of the debug training on four CPU devices."""
+  mesh = sharding.make_mesh(jax.devices()[:4])
+  with jax.set_mesh(mesh):
+    run = train.Run(config, str(workdir), mesh)
+    state = train_state.create_train_state(config, run.model, run.tx, mesh)
+    loader = run.data.train_feed(pipeline.DataPosition(), mesh)
+    step_fn = train.jit_train_step(run.model, run.tx, config, mesh, state, loader)
+    losses = []
+    for _ in range(epochs):
+      metrics = []
+      for _ in range(loader.steps_per_epoch):
+        state, step_metrics = step_fn(state, next(loader))
+        metrics.append(jax.device_get(step_metrics))
+      losses.append(train.mean_metrics(metrics))
+    loader.close()
+    run.checkpoints.close()
+  return losses
+
+
+def test_debug_training_through_the_kernel_has_the_xla_forms_losses(tmp_path):
+  """configs/thumos.py:debug with the kernel forced (interpreted on the CPU) against the XLA form,
+  on four devices (each runs the kernel on its own videos): the same losses in every epoch,
+  within float32 rounding."""
+  losses = {}
+  for kind in ('xla', 'pallas'):
+    config = thumos.get_config('debug')
+    config.data.features_root = str(tmp_path / 'testbed')
+    config.model.affinity_kernel = kind
+    losses[kind] = epoch_losses(config, tmp_path / kind, config.train.num_epochs)
+  assert len(losses['xla']) == 2
+  for xla, kernel in zip(losses['xla'], losses['pallas']):
+    for key in ('loss', 'grad_norm'):
+      np.testing.assert_allclose(kernel[key], xla[key], rtol=2e-6, err_msg=key)
