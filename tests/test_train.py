@@ -22,6 +22,7 @@ from backtal_jax.run import stop_signals
 from backtal_jax.run import train
 from backtal_jax.run import train_state
 from configs import thumos
+from tests import devices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -194,7 +195,7 @@ def test_same_losses_on_one_and_four_devices(testbed, tmp_path):
   config.data.features_root = testbed
   metrics = {}
   for count in (1, 4):
-    mesh = sharding.make_mesh(jax.devices()[:count])
+    mesh = sharding.make_mesh(devices.first_devices(count))
     with jax.set_mesh(mesh):
       run_ = train.Run(config, str(tmp_path / f'devices{count}'), mesh)
       state = train_state.create_train_state(config, run_.model, run_.tx, mesh)

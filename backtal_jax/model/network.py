@@ -164,11 +164,11 @@ def split_passes(x_PBx___: jax.Array, num_passes: int) -> list[jax.Array]:
 
 def _merge_per_video(*passes_Bx___):
   x_BxPx___ = jnp.stack(passes_Bx___, axis=1)
-  return x_BxPx___.reshape((-1,) + x_BxPx___.shape[2:])
+  return batch_rows.reshape_rows(x_BxPx___, (-1,) + x_BxPx___.shape[2:])
 
 
 def _split_per_video(x_BPx___, num_passes):
-  x_BxPx___ = x_BPx___.reshape((-1, num_passes) + x_BPx___.shape[1:])
+  x_BxPx___ = batch_rows.reshape_rows(x_BPx___, (-1, num_passes) + x_BPx___.shape[1:])
   return [x_BxPx___[:, p] for p in range(num_passes)]
 
 
