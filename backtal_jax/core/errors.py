@@ -9,6 +9,7 @@ message that names the file, the key or field, the value found and what was expe
 """
 
 import os
+import re
 import shlex
 import signal
 import sys
@@ -16,6 +17,7 @@ from typing import Callable
 from typing import Sequence
 
 from absl import app
+from absl import flags
 from absl import logging
 
 # Problems of the file system the user fixes by hand (a wrong path, a missing folder, permissions).
@@ -76,6 +78,50 @@ def _guarded(main: Callable[[Sequence[str]], None]) -> Callable[[Sequence[str]],
   return guarded_main
 
 
+def _flag_message(error: Exception, argv: Sequence[str]) -> str:
+  """One line for a flag that cannot be parsed: a config file's own error without the traceback
+  ml_collections adds, and an override of a field that does not exist named by its flag."""
+  text = str(error)
+  if 'Error whilst parsing config file' in text:
+    flag = text.split(': Error whilst parsing config file')[0]
+    cause = [line for line in text.splitlines() if line.strip()][-1]
+    return f'{flag}: {cause.split(": ", 1)[-1]}'
+  if isinstance(error, (KeyError, AttributeError)):
+    name = re.search(r'(\w+)', text).group(1)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    used = [arg.split('=')[0] for arg in argv[1:] if arg.startswith('--') and
+            re.search(rf'\.{name}(\.|$)', arg.split('=')[0])]
+    return (f'{used[0] if used else "--config"}: the config has no field {name!r}'
+            + (f' (did you mean {hint.group(1)!r}?)' if hint else ''))
+  return text
+
+
+def _config_file_problem(name: str) -> str | None:
+  """ml_collections defers a config file that fails to load to its first use: found here."""
+  try:
+    getattr(flags.FLAGS[name].value, 'keys', None)
+  except OSError as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    cause = lines[-1].split('failure to load: ')[-1]
+    return f'--{name}={flags.FLAGS[name].serialize().split("=", 1)[-1]}: {cause}'
+  return None
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with a mistake in a flag, a config file, its variant or an override as
+  one `error:` line, found before anything runs."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError) as e:
+    remaining, problem = [], _flag_message(e, argv)
+  else:
+    problem = next(filter(None, map(_config_file_problem, flags.FLAGS)), None)
+  if problem:
+    sys.stderr.write(f'error: {problem}\n')
+    sys.exit(USER_ERROR_STATUS)
+  return remaining
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """`app.run(main)` with the exits described in the module docstring."""
-  app.run(_guarded(main))
+  app.run(_guarded(main), flags_parser=parse_flags)
