@@ -6,9 +6,13 @@ per-video point labels simulated from the ground truth (`click_simulation.simula
 
 import numpy as np
 
+from backtal_jax.core import fields
 from backtal_jax.core.labels import IGNORE_LABEL
 
 SUPERVISIONS = ('none', 'background', 'action', 'both')
+
+
+CONFIG_FIELDS = {'train.supervision': fields.choice(*SUPERVISIONS)}  # see core/fields.py
 
 
 def check_supervision(supervision: str) -> None:

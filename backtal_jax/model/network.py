@@ -16,10 +16,26 @@ import jax
 import jax.numpy as jnp
 
 from backtal_jax.core import batch_rows
+from backtal_jax.core import fields
 from backtal_jax.model import affinity
 from backtal_jax.model import topk
 
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+# config.model: what each field may hold (core/fields.py), checked before the first step
+CONFIG_FIELDS = {
+    'model.num_classes': fields.integer(1),
+    'model.feat_dim': fields.integer(1),
+    'model.hidden_dim': fields.integer(1),
+    'model.filter_dim': fields.integer(1),
+    'model.embed_hidden_dim': fields.integer(1),
+    'model.embed_dim': fields.integer(1),
+    'model.topk_ratio': fields.number(0, 1, low_open=True),
+    'model.dropout_rate': fields.number(0, 1, high_open=True),
+    'model.affinity': fields.choice('official', 'paper'),
+    'model.dtype': fields.choice('float32', 'bfloat16'),
+}
 
 
 def torch_bias_init(fan_in: int):

@@ -24,6 +24,7 @@ from backtal_jax.data import unannotated
 from backtal_jax.evaluation import evaluator
 from backtal_jax.reporting import evaluation_report
 from backtal_jax.run import evaluate_only
+from backtal_jax.run import preflight
 
 
 def class_names_for(config: ml_collections.ConfigDict,
@@ -44,12 +45,12 @@ class Predictor:
 
   def __init__(self, config: ml_collections.ConfigDict, checkpoint: str,
                class_names: Sequence[str] = ()):
+    self.mesh = sharding.make_mesh()
+    preflight.check_config(config, self.mesh.size, training=False)
     datasets.check_shapes(config)
     self.config = config
     self.class_names = tuple(class_names) or class_names_for(config, None)
-    self.mesh = sharding.make_mesh()
     with jax.set_mesh(self.mesh):
-      sharding.check_global_batch_size(config.eval.batch_size)
       model, self.params = evaluate_only.restore_model(config, checkpoint, self.mesh)
       self.evaluator = evaluator.Evaluator(config, model, self.mesh)
 
