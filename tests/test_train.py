@@ -96,8 +96,9 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
   assert results['checkpoint'] == config.eval.checkpoint
   assert results['mAP'] == summary['mAP']
-  assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [
-      'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json', 'run.json']
+  assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [  # LOCK: held while it ran
+      'LOCK', 'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json',
+      'run.json']
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ video's duration (185), THUMOS14 four; they are valid here, and users of the tim
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -137,8 +138,9 @@ def _video(name: str, entry: Any, class_names: Sequence[str], path: pathlib.Path
   subset = _field(entry, 'subset', str, path, where)
   duration = _number(entry, 'duration', path, where)
   fps = _number(entry, 'fps', path, where)
-  if duration <= 0 or fps <= 0:
-    raise AnnotationError(f'{path}: {where}: duration and fps must be > 0, got {duration}, {fps}')
+  if not (0 < duration < math.inf and 0 < fps < math.inf):
+    raise AnnotationError(f'{path}: {where}: duration and fps must be finite and > 0, got '
+                          f'{duration}, {fps}')
   raw_instances = _field(entry, 'annotations', list, path, where)
   instances = [_instance(a, class_names, path, f'{where}.annotations[{i}]')
                for i, a in enumerate(raw_instances)]

@@ -235,14 +235,16 @@ def check_class_count(ground_truth: annotations.GroundTruth,
                            f'config.model.num_classes is {config.model.num_classes}')
 
 
-def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
-  """The run's splits from config.data, config.train and config.eval."""
+def open_datasets(config: ml_collections.ConfigDict, workdir: str,
+                  ground_truth: annotations.GroundTruth | None = None) -> Datasets:
+  """The run's splits from config.data, config.train and config.eval; `ground_truth`: the one
+  the pre-flight read (else it is read here)."""
   check_shapes(config)
   if not config.eval.ground_truth:
     raise errors.UserError('config.eval.ground_truth is not set: give the ground-truth JSON of the '
                            'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
                            '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
-  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+  ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
   check_class_count(ground_truth, config)
   root = synthetic_root(config, workdir) if config.data.source == 'synthetic' else None
   train = _open(config, root, config.data.train_split, train=True)

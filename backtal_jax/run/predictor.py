@@ -99,6 +99,10 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
   """Detections of every video of `feature_paths` (files or folders) written to `output`; with a
   ground truth also its mAP summary, which is returned. Inputs, metadata, the ground truth and the
   checkpoint are all checked before the first video is read."""
+  problem = (files.output_file_problem(output, '--output') or
+             (plots and files.folder_problem(plots)))
+  if problem:
+    raise errors.UserError(problem)
   videos = unannotated.find_videos(feature_paths, config, metadata_csv=metadata_csv,
                                    duration=duration, fps=fps)
   truth = annotations.load_ground_truth(ground_truth) if ground_truth else None

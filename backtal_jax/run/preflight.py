@@ -71,6 +71,14 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int, *,
                     training: bool = True) -> list[str]:
   """Every declared field in its range, then the rules that tie fields together (for the fields
   that passed) and, when `training` (or evaluating a split), the data settings."""
+  return checked_config(config, device_count, training=training)[0]
+
+
+def checked_config(config: ml_collections.ConfigDict, device_count: int, *,
+                   training: bool = True
+                   ) -> tuple[list[str], annotations.GroundTruth | None]:
+  """config_problems, and the ground truth loaded to check it (None unless `training`)."""
+  ground_truth = None
   bad = {name: f'config.{name} is {value!r}, expected {expected}'
          for name, value, expected in fields.violations(config, DECLARED_FIELDS)}
   problems = list(bad.values())
@@ -90,7 +98,10 @@ def config_problems(config: ml_collections.ConfigDict, device_count: int, *,
   if training and not any(name.startswith('data.') or name == 'eval.ground_truth'
                           for name in bad):
     problems += data_config_problems(config)
-  return problems
+    if config.eval.ground_truth:
+      ground_truth, found = loaded_ground_truth(config)
+      problems += found
+  return problems, ground_truth
 
 
 def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -110,23 +121,29 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
   if not config.eval.ground_truth:
     problems.append('config.eval.ground_truth is not set: give the ground-truth JSON of the '
                     'dataset')
-  else:
-    problems += _raised(lambda: ground_truth_classes(config))
   return problems
 
 
-def ground_truth_classes(config: ml_collections.ConfigDict) -> None:
-  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
-  datasets.check_class_count(ground_truth, config)
-  ground_truth.subset(config.eval.subset)
+def loaded_ground_truth(config: ml_collections.ConfigDict
+                        ) -> tuple[annotations.GroundTruth | None, list[str]]:
+  """The run's ground truth, read once here and handed down (datasets, the file scan), and
+  whether it fits the config (its class count, its subset)."""
+  try:
+    ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+  except (ValueError, OSError) as e:
+    return None, [str(e)]
+  return ground_truth, _raised(lambda: (datasets.check_class_count(ground_truth, config),
+                                        ground_truth.subset(config.eval.subset)))
 
 
 def check_config(config: ml_collections.ConfigDict, device_count: int, *,
-                 training: bool = True) -> None:
-  """Raises PreflightError listing every problem of the config (see config_problems)."""
-  problems = config_problems(config, device_count, training=training)
+                 training: bool = True) -> annotations.GroundTruth | None:
+  """Raises PreflightError listing every problem of the config (see config_problems); returns
+  the ground truth it read when `training`, for the run to hand down."""
+  problems, ground_truth = checked_config(config, device_count, training=training)
   if problems:
     raise PreflightError(problems)
+  return ground_truth
 
 
 def ground_truth_problems(names: dict[str, list], ground_truth: annotations.GroundTruth,
@@ -142,9 +159,10 @@ def ground_truth_problems(names: dict[str, list], ground_truth: annotations.Grou
   return problems
 
 
-def data_problems(config: ml_collections.ConfigDict, root: epath.Path) -> list[str]:
-  """Every file of both splits, and their videos against the ground truth."""
-  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+def data_problems(config: ml_collections.ConfigDict, root: epath.Path,
+                  ground_truth: annotations.GroundTruth | None = None) -> list[str]:
+  """Every file of both splits, and their videos against the ground truth (read if not given)."""
+  ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
   shapes = dict(num_classes=config.model.num_classes, feature_dim=config.data.feature_dim,
                 num_segments=config.data.num_segments)
   train_names, problems = feature_scan.scan_split(root, config.data.train_split, train=True,
@@ -161,13 +179,14 @@ def data_problems(config: ml_collections.ConfigDict, root: epath.Path) -> list[s
   return problems
 
 
-def check_data(config: ml_collections.ConfigDict, root: epath.Path) -> None:
+def check_data(config: ml_collections.ConfigDict, root: epath.Path,
+               ground_truth: annotations.GroundTruth | None = None) -> None:
   """Raises PreflightError listing every problem of the feature files under `root`."""
   if config.data.source == 'tfds':
     logging.info('Feature files not scanned: a TFDS dataset was validated when it was built.')
     return
   started = time.monotonic()
-  problems = data_problems(config, root)
+  problems = data_problems(config, root, ground_truth)
   logging.info('Pre-flight check of the feature files under %s: %.1f s', root,
                time.monotonic() - started)
   if problems:
