@@ -74,7 +74,7 @@ def test_a_bad_value_at_evaluation_keeps_the_epoch_and_a_diverged_step_is_never_
     train.train_and_evaluate(config, str(workdir))
   message = str(error.value)
   assert message.startswith('Training diverged at step 4 ')
-  assert "params['base_module']['conv_1']['kernel']" in message
+  assert 'non-finite state after it: params[' in message
   assert f'videos {[names[i] for i in batch]}' in message
   assert 'The last checkpoint, step 3 in ' in message
   assert saved_steps(workdir) == [3]

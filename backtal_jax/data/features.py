@@ -113,6 +113,9 @@ def metadata_problems(value: np.ndarray, key: str) -> list[str]:
   """frame_num >= 1, fps > 0, duration > 0, each one number."""
   if np.size(value) != 1:
     return [f'expected a scalar, got shape {np.shape(value)}']
+  found = numeric_problems(np.asarray(value))
+  if found:
+    return found
   number = np.asarray(value).reshape(()).item()
   if key == 'frame_num' and not number >= 1:
     return [f'value {number}, expected >= 1']
@@ -194,7 +197,6 @@ def as_float32(path, key: str, value: np.ndarray) -> np.ndarray:
 
 
 def _scalar(path, key: str, value: np.ndarray) -> np.ndarray:
-  value = _as_numeric(path, key, value)
   return _checked(path, key, value, metadata_problems(value, key)).reshape(())
 
 
