@@ -47,7 +47,7 @@ from tests.conftest import debug_config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 for _name, _examples in (('ci', 25), ('thorough', 500)):
   settings.register_profile(
-      _name, max_examples=_examples, deadline=None, derandomize=_name == 'ci',
+      _name, max_examples=_examples, deadline=None,
       database=database.DirectoryBasedExampleDatabase(str(REPO / '.hypothesis' / 'examples')),
       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 PROFILE = settings.get_profile(os.environ.get('BACKTAL_HYPOTHESIS_PROFILE', 'ci'))
@@ -146,7 +146,7 @@ def change_workdir(workdir: pathlib.Path, change: str) -> None:
   elif change == 'an array file lost':
     for path in sorted((workdir / 'checkpoints').rglob('d/*'))[-1:]:
       path.unlink()
-  elif change == 'a partial step':
+  elif change == 'a partial step' and not (workdir / 'checkpoints').is_file():
     (workdir / 'checkpoints' / '9.orbax-checkpoint-tmp-1').mkdir(parents=True, exist_ok=True)
   elif change == 'results.json is a folder':
     (workdir / 'results.json').unlink(missing_ok=True)
@@ -188,7 +188,9 @@ def feature_file(draw, folder: pathlib.Path) -> tuple[pathlib.Path, np.ndarray |
   if snippets and draw(st.booleans()):
     features_TxF[draw(st.integers(0, snippets - 1)), 0] = draw(
         st.sampled_from([np.nan, np.inf, -np.inf, 1e39]))
-  stored = features_TxF.astype(dtype) if dtype != 'U3' else features_TxF.astype('U3')
+  with np.errstate(over='ignore', invalid='ignore'):  # casts of inf and 1e39 are cases too
+    stored = features_TxF.astype(dtype)
+    finite = np.isfinite(features_TxF.astype(np.float32)).all() or dtype == 'int32'
   kind = draw(st.sampled_from(['npz channels-first', 'npz channels-last', 'npy', 'npy wrong']))
   # A half of another width whose snippet count is the width holds a valid file of this width,
   # read the other way: no reader can tell (the square case alone is refused as ambiguous).
@@ -211,7 +213,7 @@ def feature_file(draw, folder: pathlib.Path) -> tuple[pathlib.Path, np.ndarray |
     data = path.read_bytes()
     path.write_bytes(data[:max(0, len(data) - cut)])
   valid = (snippets >= 1 and width == HALF and dtype in ('float32', 'float64', 'int32') and
-           np.isfinite(features_TxF.astype(np.float32) if dtype != 'int32' else 0).all() and
+           finite and
            kind != 'npy wrong' and not cut and not missing and
            not (kind.startswith('npz') and snippets == HALF))
   return path, stored.astype(np.float32) if valid else None
