@@ -23,6 +23,13 @@ def debug_config(testbed, **train_overrides):
   return config
 
 
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+  """Every file under `folder` and its bytes (the workdir's LOCK aside: emptied when a run ends),
+  to show that a refused run changed nothing."""
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+          if p.is_file() and p.name != 'LOCK'}
+
+
 @pytest.fixture(scope='session')
 def finished_run(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   """(testbed, workdir) of a finished two-epoch debug run, shared by the invariant tests and the

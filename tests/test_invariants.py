@@ -26,15 +26,10 @@ from backtal_jax.run import train
 from backtal_jax.run import workdir_lock
 from configs import thumos
 from tests.conftest import debug_config
+from tests.conftest import snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu'}
-
-
-def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-  """Every file under `folder` and its bytes (LOCK aside: it is emptied when a run ends)."""
-  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
-          if p.is_file() and p.name != workdir_lock.LOCK_NAME}
 
 
 @pytest.fixture

@@ -21,19 +21,10 @@ from backtal_jax.run import finiteness
 from backtal_jax.run import train
 from backtal_jax.run import train_state
 from backtal_jax.run import workdir_lock
-from configs import thumos
+from tests.conftest import debug_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'PYTHONPATH': str(REPO)}
-
-
-def debug_config(testbed, **train_overrides):
-  config = thumos.get_config('debug')
-  config.data.features_root = str(testbed)
-  config.eval.num_plots = 0
-  for key, value in train_overrides.items():
-    config.train[key] = value
-  return config
 
 
 def saved_steps(workdir, folder='checkpoints'):
