@@ -52,7 +52,7 @@ for _name, _examples in (('ci', 25), ('thorough', 500)):
       database=database.DirectoryBasedExampleDatabase(str(REPO / '.hypothesis' / 'examples')),
       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 PROFILE = settings.get_profile(os.environ.get('BACKTAL_HYPOTHESIS_PROFILE', 'ci'))
-SUBPROCESS_EXAMPLES = {'ci': 3, 'thorough': 30}[os.environ.get('BACKTAL_HYPOTHESIS_PROFILE',
+SUBPROCESS_EXAMPLES = {'ci': 2, 'thorough': 25}[os.environ.get('BACKTAL_HYPOTHESIS_PROFILE',
                                                                'ci')]
 HALF = 8  # the debug config's feature half width
 # Fields a command line gives as numbers (a text there reads as a text, not as in a config.json).
@@ -316,3 +316,24 @@ def test_the_command_exits_with_one_error_line(overrides, tmp_path_factory):
   assert result.returncode == 1 and len(errors_) == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not list(workdir.iterdir())  # refused before the lock: nothing written
+
+
+@settings(PROFILE, max_examples=SUBPROCESS_EXAMPLES)
+@given(data=st.data())
+def test_predict_on_a_feature_file_exits_with_detections_or_one_error_line(data, finished_run,
+                                                                           tmp_path_factory):
+  folder = tmp_path_factory.mktemp('predict')
+  path, expected_TxF = feature_file(data.draw, folder)
+  output = folder / 'detections.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'backtal_jax.predict', '--config=configs/thumos.py:debug',
+       f'--checkpoint={finished_run[1] / "best"}', f'--features={path}', f'--output={output}',
+       '--duration=10', '--fps=25'], cwd=REPO, capture_output=True, text=True, timeout=180,
+      check=False, env={**os.environ, 'PYTHONPATH': str(REPO)})
+  if expected_TxF is None:
+    errors_ = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert result.returncode == 1 and len(errors_) == 1, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr and not output.exists()
+  else:
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(json.loads(output.read_text())['results']) == ['video']
