@@ -15,6 +15,7 @@ import pytest
 
 from backtal_jax.data import annotations
 from backtal_jax.evaluation import mean_ap
+from tests import devices
 from tests import distributed_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -72,6 +73,7 @@ def runs(tmp_path_factory):
   out = root / 'out'
   out.mkdir()
   hosts = run_processes(testbed, root / 'workdir', out)
+  devices.first_devices(NUM_PROCESSES * LOCAL_DEVICES)  # the reference: the same devices, on one
   single = distributed_worker.run_steps(str(testbed), str(root / 'single'))
   return hosts, single, testbed
 
