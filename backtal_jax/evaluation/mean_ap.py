@@ -33,6 +33,7 @@ from typing import Union
 import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.data.annotations import valid_segment
 
 JsonSource = Union[str, os.PathLike, Mapping[str, Any]]
 
@@ -53,11 +54,6 @@ def _field(data: Mapping[str, Any], key: str, name: str) -> Any:
   if not isinstance(data, Mapping) or key not in data:
     raise errors.UserError(f'{name}: no {key!r} field at the top level')
   return data[key]
-
-
-def valid_segment(start: float, end: float) -> bool:
-  """The one rule for a segment, predicted or true: finite, and end >= start."""
-  return math.isfinite(start) and math.isfinite(end) and end >= start
 
 
 def ground_truth_instances(ground_truth: Mapping[str, Any], subset: str, name: str):
