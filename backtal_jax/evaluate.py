@@ -12,7 +12,6 @@ and the AP of every class.
 """
 
 import collections
-import os
 import sys
 from typing import Any
 from typing import Mapping
@@ -102,9 +101,9 @@ def unscored_warnings(summary: dict[str, Any], shown: int = 5) -> list[str]:
 
 def check_output_folder(output_json: str) -> None:
   """Before any work: the summary must have somewhere to go."""
-  folder = os.path.dirname(os.path.abspath(output_json)) if output_json else ''
-  if folder and not os.path.isdir(folder):
-    raise errors.UserError(f'--output_json={output_json}: folder {folder} does not exist')
+  problem = files.output_file_problem(output_json, '--output_json')
+  if problem:
+    raise errors.UserError(problem)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -33,7 +33,8 @@ if ((dry_run)); then
                --formulations=naive,fast --warmup=0 --repeats=1)
   step_args=(--shapes=4x16 --width=8 --dtypes=float32 --warmup=0 --repeats=1)
   run_config=configs/thumos.py:debug
-  run_args=(--config.train.num_epochs=1 --config.eval.num_plots=0)
+  # two epochs, every class scored: the best epoch is a choice the report can check
+  run_args=(--config.train.num_epochs=2 --config.eval.num_plots=0 --config.eval.class_score_thresh=0)
 else
   kernel_args=(--shapes=thumos14 --affinity=official --precisions=default,bfloat16
                --formulations=naive,fast,scaled_unfold,convolution --repeats=10)
@@ -71,11 +72,26 @@ import json, pathlib, sys
 work, out, started, finished, config, args = sys.argv[1:]
 work = pathlib.Path(work)
 run = json.loads((work / 'run' / 'results.json').read_text())
+# Each evaluated epoch's selection score, from its detections: what picked the best epoch.
+from backtal_jax.data import annotations
+from backtal_jax.evaluation import mean_ap
+recorded = json.loads((work / 'run' / 'config.json').read_text())['config']
+truth = str(annotations.load_ground_truth(recorded['eval']['ground_truth']).path)
+tiou = recorded['eval']['tiou_thresholds']
+metric = recorded['train']['selection_metric']
+epoch_scores = {}
+for detections in sorted((work / 'run' / 'detections').glob('epoch_*.json')):
+  map_U = mean_ap.detection_map(truth, str(detections), subset=recorded['eval']['subset'],
+                                tiou_thresholds=tuple(tiou))[0]
+  score = (sum(map_U) / len(map_U) if metric == 'average' else
+           map_U[[abs(t - float(metric[4:])) < 1e-9 for t in tiou].index(True)])
+  epoch_scores[int(detections.stem.split('_')[1])] = float(score)
 report = {
     'affinity_kernel': json.loads((work / 'affinity.json').read_text()),
     'train_step': json.loads((work / 'train_step.json').read_text()),
     'whole_run': {'config': config, 'overrides': args, 'seconds': float(finished) - float(started),
-                  'best_epoch': run['best_epoch'], 'mAP': run['mAP'], 'tiou': run['tiou']},
+                  'best_epoch': run['best_epoch'], 'epoch_scores': epoch_scores,
+                  'mAP': run['mAP'], 'tiou': run['tiou']},
 }
 pathlib.Path(out).write_text(json.dumps(report, indent=1) + '\n')
 print(f"device check: whole run {report['whole_run']['seconds']:.1f} s; all numbers in {out}")

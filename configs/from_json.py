@@ -15,4 +15,8 @@ def get_config(path: str) -> ml_collections.ConfigDict:
   if not path:
     raise ValueError('configs/from_json.py needs the recorded file: '
                      '--config=configs/from_json.py:WORKDIR/config.json')
-  return run_records.config_from_json(epath.Path(path).read_text())
+  try:
+    return run_records.config_from_json(epath.Path(path).read_text())
+  except (ValueError, KeyError, TypeError, AttributeError) as e:  # hand-edited or truncated
+    raise ValueError(f'{path}: not a config.json that a run wrote ({type(e).__name__}: {e})'
+                     ) from None

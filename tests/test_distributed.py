@@ -13,6 +13,9 @@ import time
 import numpy as np
 import pytest
 
+from backtal_jax.data import annotations
+from backtal_jax.evaluation import mean_ap
+from tests import devices
 from tests import distributed_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,6 +73,7 @@ def runs(tmp_path_factory):
   out = root / 'out'
   out.mkdir()
   hosts = run_processes(testbed, root / 'workdir', out)
+  devices.first_devices(NUM_PROCESSES * LOCAL_DEVICES)  # the reference: the same devices, on one
   single = distributed_worker.run_steps(str(testbed), str(root / 'single'))
   return hosts, single, testbed
 
@@ -125,9 +129,17 @@ def test_training_loop_on_two_hosts_writes_once(runs, tmp_path):
   workdir = tmp_path / 'workdir'
   hosts = run_processes(testbed, workdir, tmp_path / 'out', '--train')
   assert [h['step'] for h in hosts] == [2 * 3] * NUM_PROCESSES  # 24 videos, batch 8, 2 epochs
-  assert json.loads((workdir / 'results.json').read_text())['best_epoch'] in (1, 2)
   for name in ('epoch_001', 'epoch_002', 'best_test'):
     detections = json.loads((workdir / 'detections' / f'{name}.json').read_text())
     assert len(detections['results']) == 8  # gathered from both hosts
+  config = distributed_worker.debug_config(str(testbed))
+  selection = [mean_ap.detection_map(
+      str(annotations.load_ground_truth(config.eval.ground_truth).path),
+      str(workdir / 'detections' / f'epoch_{epoch:03d}.json'), subset=config.eval.subset,
+      tiou_thresholds=(0.5,))[0][0] for epoch in (1, 2)]
+  best_epoch = json.loads((workdir / 'results.json').read_text())['best_epoch']
+  assert best_epoch == 1 + int(np.argmax(selection))  # the first epoch wins a tie
+  assert ((workdir / 'detections' / 'best_test.json').read_text() ==
+          (workdir / 'detections' / f'epoch_{best_epoch:03d}.json').read_text())  # same model
   assert len(list((workdir / 'tensorboard').glob('events.out.tfevents.*'))) == 1  # process 0 only
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [3, 6]

@@ -11,6 +11,7 @@ import pytest
 from backtal_jax.core import sharding
 from backtal_jax.model import network
 from backtal_jax.model import topk
+from tests import devices
 
 
 class BasePasses(nn.Module):
@@ -44,11 +45,11 @@ def test_passes_in_one_call_equal_one_call_each_with_the_same_dropout():
 
 
 @pytest.mark.parametrize('order', ['per_video', 'per_device_block'])
-@pytest.mark.parametrize('num_devices', [1, 4])
+@pytest.mark.parametrize('num_devices', [pytest.param(1, marks=pytest.mark.one_device), 4])
 def test_merged_passes_stay_on_each_devices_rows(num_devices, order):
   merge = getattr(network, f'_merge_{order}')
   split = getattr(network, f'_split_{order}')
-  mesh = sharding.make_mesh(jax.devices()[:num_devices])
+  mesh = sharding.make_mesh(devices.first_devices(num_devices))
   rows = 2 * mesh.size
   passes = [np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1000 * p for p in range(2)]
   with jax.set_mesh(mesh):

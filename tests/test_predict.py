@@ -27,6 +27,7 @@ from backtal_jax.run import train_state
 from configs import thumos
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.one_device  # prediction works on any device count (.ci/run: 1 and 4)
 LENGTHS = (17, 64, 100, 251)  # shorter than, equal to and longer than num_segments (64)
 
 
@@ -161,6 +162,21 @@ def test_python_api_gives_the_evaluation_only_detections(trained):
   found = predictor.Predictor(trained['config'], str(trained['best'])).detect(
       record.features_TxF, duration=record.duration, fps=record.fps, name=record.vid_name)
   assert found == trained['detections'][record.vid_name]
+
+
+def test_one_device_and_a_batch_of_one_give_the_evaluation_only_detections(trained, tmp_path):
+  """`predict --config.eval.batch_size=1` on a one-device machine (it crashed in merge_passes)."""
+  config = trained['config']
+  result = subprocess.run(
+      [sys.executable, '-m', 'backtal_jax.predict', '--config=configs/thumos.py:debug',
+       '--config.eval.class_score_thresh=0.0', '--config.eval.batch_size=1',
+       f'--checkpoint={trained["best"]}',
+       f'--features={pathlib.Path(config.data.features_root) / config.data.test_split}',
+       f'--output={tmp_path / "out.json"}'], cwd=REPO, capture_output=True, text=True,
+      timeout=240, env={**os.environ, 'PYTHONPATH': str(REPO),
+                        'XLA_FLAGS': '--xla_force_host_platform_device_count=1'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((tmp_path / 'out.json').read_text())['results'] == trained['detections']
 
 
 def test_missing_durations_stop_at_once_naming_every_video(trained, tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from backtal_jax.core import sharding
+from tests import devices
 
 
 def test_mesh_over_all_devices():
@@ -15,7 +16,7 @@ def test_mesh_over_all_devices():
 
 
 def test_each_device_gets_its_own_slice():
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(devices.first_devices(4))
   rng = np.random.default_rng(0)
   batch = {
       'features': rng.normal(size=(8, 5, 6)).astype(np.float32),
@@ -37,7 +38,7 @@ def test_each_device_gets_its_own_slice():
 
 
 def test_batch_size_must_divide_over_devices():
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(devices.first_devices(4))
   with pytest.raises(ValueError, match=r'global batch size \(6\) must be a positive multiple of '
                      r'the number of devices \(4\)'):
     sharding.to_global_batch({'mask': np.ones(6, np.float32)}, sharding.batch_sharding(mesh))

@@ -22,6 +22,7 @@ from backtal_jax.run import stop_signals
 from backtal_jax.run import train
 from backtal_jax.run import train_state
 from configs import thumos
+from tests import devices
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,8 +96,9 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
   assert results['checkpoint'] == config.eval.checkpoint
   assert results['mAP'] == summary['mAP']
-  assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [
-      'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json', 'run.json']
+  assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [  # LOCK: held while it ran
+      'LOCK', 'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json',
+      'run.json']
 
 
 @pytest.mark.slow
@@ -194,7 +196,7 @@ def test_same_losses_on_one_and_four_devices(testbed, tmp_path):
   config.data.features_root = testbed
   metrics = {}
   for count in (1, 4):
-    mesh = sharding.make_mesh(jax.devices()[:count])
+    mesh = sharding.make_mesh(devices.first_devices(count))
     with jax.set_mesh(mesh):
       run_ = train.Run(config, str(tmp_path / f'devices{count}'), mesh)
       state = train_state.create_train_state(config, run_.model, run_.tx, mesh)

@@ -31,10 +31,16 @@ def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def divides_over(global_batch_size: int, num_devices: int) -> bool:
+  """Every device gets the same number of rows: the global batch must divide evenly (the one rule
+  for config.train.batch_size and config.eval.batch_size, which the pre-flight checks)."""
+  return (isinstance(global_batch_size, int) and not isinstance(global_batch_size, bool) and
+          global_batch_size > 0 and global_batch_size % num_devices == 0)
+
+
 def check_global_batch_size(global_batch_size: int, num_devices: int | None = None) -> None:
-  """Every device gets the same number of rows, so the global batch must divide evenly."""
   num_devices = jax.device_count() if num_devices is None else num_devices
-  if global_batch_size <= 0 or global_batch_size % num_devices:
+  if not divides_over(global_batch_size, num_devices):
     raise ValueError(
         f'The global batch size ({global_batch_size}) must be a positive multiple of the number '
         f'of devices ({num_devices}): each device takes global_batch_size / num_devices videos. '

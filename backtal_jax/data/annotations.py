@@ -12,6 +12,7 @@ video's duration (185), THUMOS14 four; they are valid here, and users of the tim
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Any
@@ -137,13 +138,20 @@ def _video(name: str, entry: Any, class_names: Sequence[str], path: pathlib.Path
   subset = _field(entry, 'subset', str, path, where)
   duration = _number(entry, 'duration', path, where)
   fps = _number(entry, 'fps', path, where)
-  if duration <= 0 or fps <= 0:
-    raise AnnotationError(f'{path}: {where}: duration and fps must be > 0, got {duration}, {fps}')
+  if not (0 < duration < math.inf and 0 < fps < math.inf):
+    raise AnnotationError(f'{path}: {where}: duration and fps must be > 0 (and finite), got '
+                          f'{duration}, {fps}')
   raw_instances = _field(entry, 'annotations', list, path, where)
   instances = [_instance(a, class_names, path, f'{where}.annotations[{i}]')
                for i, a in enumerate(raw_instances)]
   instances.sort(key=lambda inst: (inst.start, inst.end, inst.label))
   return Video(name=name, subset=subset, duration=duration, fps=fps, instances=tuple(instances))
+
+
+def valid_segment(start: float, end: float) -> bool:
+  """The one rule for a segment, true or predicted (evaluation.mean_ap reads it too): finite,
+  and end >= start."""
+  return math.isfinite(start) and math.isfinite(end) and end >= start
 
 
 def _instance(raw: Any, class_names: Sequence[str], path: pathlib.Path, where: str) -> Instance:
@@ -153,8 +161,9 @@ def _instance(raw: Any, class_names: Sequence[str], path: pathlib.Path, where: s
   if len(segment) != 2 or not all(_is_number(x) for x in segment):
     raise AnnotationError(f'{path}: {where}.segment must be [start, end] numbers, got {segment}')
   start, end = float(segment[0]), float(segment[1])
-  if not 0 <= start <= end:
-    raise AnnotationError(f'{path}: {where}.segment needs 0 <= start <= end, got {segment}')
+  if not (valid_segment(start, end) and start >= 0):
+    raise AnnotationError(f'{path}: {where}.segment needs 0 <= start <= end, both finite, got '
+                          f'{segment}')
   label = _field(raw, 'label', str, path, where)
   if label not in class_names:
     raise AnnotationError(f'{path}: {where}.label {label!r} is not in activity_list')

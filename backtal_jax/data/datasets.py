@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.core import fields
 from backtal_jax.core import files
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
@@ -26,6 +27,28 @@ from backtal_jax.data import pipeline
 from backtal_jax.data import seeding
 from backtal_jax.data import supervision
 from backtal_jax.data import synthetic
+
+# config.data and the selection fields (core/fields.py), checked before the first step
+CONFIG_FIELDS = {
+    'data.dataset': fields.text(nonempty=True),
+    'data.source': fields.choice('npz', 'tfds', 'synthetic'),
+    'data.features_root': fields.text(optional=True),
+    'data.train_split': fields.text(nonempty=True),
+    'data.test_split': fields.text(nonempty=True),
+    'data.num_segments': fields.integer(1),
+    'data.feature_dim': fields.integer(1),
+    'data.tfds_name': fields.text(nonempty=True),
+    'data.tfds_data_dir': fields.text(optional=True),
+    'data.frames_per_snippet': fields.integer(1),
+    'data.shuffle_seed': fields.integer(0),
+    'data.prefetch': fields.integer(0),
+    'data.readers': fields.integer(1),
+    'data.resident': fields.choice(*feeds.MODES),
+    'data.resident_max_gb': fields.number(0),
+    'train.selection_split': fields.choice('test', 'heldout'),
+    'train.heldout_fraction': fields.number(0, 1, low_open=True, high_open=True),
+    **{f'data.synthetic.{knob}': field for knob, field in synthetic.CONFIG_FIELDS.items()},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +200,8 @@ def check_shapes(config: ml_collections.ConfigDict) -> None:
 
 
 def heldout_indices(num_videos: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(training, held-out) indices: a seeded share of the videos, at least one, kept apart."""
-  if not 0 < fraction < 1:
-    raise errors.UserError(f'config.train.heldout_fraction must lie in (0, 1), got {fraction}')
+  """(training, held-out) indices: a seeded share of the videos, at least one, kept apart
+  (`fraction` in (0, 1): CONFIG_FIELDS)."""
   order = seeding.named_rng(seed, 'heldout').permutation(num_videos)
   count = max(1, int(round(num_videos * fraction)))
   return np.sort(order[count:]), np.sort(order[:count])
@@ -219,22 +241,23 @@ def check_class_count(ground_truth: annotations.GroundTruth,
                            f'config.model.num_classes is {config.model.num_classes}')
 
 
-def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
-  """The run's splits from config.data, config.train and config.eval."""
+def open_datasets(config: ml_collections.ConfigDict, workdir: str,
+                  ground_truth: annotations.GroundTruth | None = None) -> Datasets:
+  """The run's splits from config.data, config.train and config.eval; `ground_truth`: the one
+  the pre-flight read (else it is read here)."""
   check_shapes(config)
   if not config.eval.ground_truth:
     raise errors.UserError('config.eval.ground_truth is not set: give the ground-truth JSON of the '
                            'dataset (for HACS, the official HACS_segments_v1.1.1.json), e.g. '
                            '--config.eval.ground_truth=/data/HACS/HACS_segments_v1.1.1.json')
-  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+  ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
   check_class_count(ground_truth, config)
   root = synthetic_root(config, workdir) if config.data.source == 'synthetic' else None
   train = _open(config, root, config.data.train_split, train=True)
   test = EvalSplit('test', _open(config, root, config.data.test_split, train=False), ground_truth,
                    str(ground_truth.path), config.eval.subset)
-  if config.train.selection_split == 'test':
-    selection = test
-  elif config.train.selection_split == 'heldout':
+  selection = test  # selection_split 'test' or 'heldout' (CONFIG_FIELDS)
+  if config.train.selection_split == 'heldout':
     kept, heldout = heldout_indices(len(train), config.train.heldout_fraction, config.train.seed)
     heldout_source = WithGroundTruthMetadata(Subset(train, heldout), ground_truth,
                                              config.data.frames_per_snippet)
@@ -243,9 +266,6 @@ def open_datasets(config: ml_collections.ConfigDict, workdir: str) -> Datasets:
                           heldout_ground_truth_json(ground_truth.path, names),
                           config.data.train_split)
     train = Subset(train, kept)
-  else:
-    raise errors.UserError("config.train.selection_split must be 'test' or 'heldout', got "
-                           f'{config.train.selection_split!r}')
   train = Supervised(train, config.train.supervision, ground_truth, config.data.num_segments,
                      config.train.seed, config.train.action_clicks)
   return Datasets(config, train, selection, test)

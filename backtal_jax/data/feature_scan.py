@@ -13,7 +13,6 @@ import zlib
 
 import numpy as np
 
-from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import features
 
 SCAN_THREADS = 8  # files whose headers are read at once (network file systems hide latency)
@@ -22,8 +21,8 @@ SCAN_THREADS = 8  # files whose headers are read at once (network file systems h
 def _feature_problems(archive, key: str, half_width: int, num_segments: int) -> list[str]:
   with archive.zip.open(f'{key}.npy') as member:
     shape, dtype = features.npy_header(member)
-  if dtype.kind not in 'biuf':
-    return [f'dtype {dtype}, expected numbers']
+  if not features.real_numbers(dtype):
+    return [f'dtype {dtype}, expected real numbers']
   if shape not in ((half_width, num_segments), (num_segments, half_width)):
     return [f'shape {shape}, expected ({half_width}, {num_segments}) channels-first or '
             f'({num_segments}, {half_width}) channels-last']
@@ -33,43 +32,8 @@ def _feature_problems(archive, key: str, half_width: int, num_segments: int) -> 
 def _small_array(archive, key: str) -> np.ndarray | str:
   """The array, or why it is not a usable numeric array."""
   value = archive[key]
-  if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
-    return f'dtype {value.dtype}, expected numbers'
-  if not np.isfinite(value).all():
-    return f'{value.size - np.isfinite(value).sum()} non-finite values'
-  return value
-
-
-def _cls_label_problems(value: np.ndarray, num_classes: int) -> list[str]:
-  if value.shape != (num_classes,):
-    return [f'shape {value.shape}, expected ({num_classes},)']
-  if not np.isin(value, (0, 1)).all():
-    return [f'values {np.unique(value)[:10].tolist()}, expected 0 or 1 (multi-hot)']
-  return []
-
-
-def _point_label_problems(value: np.ndarray, num_segments: int, num_classes: int) -> list[str]:
-  value = np.ravel(value)
-  if value.shape != (num_segments,):
-    return [f'length {value.size}, expected {num_segments} (one label per snippet)']
-  valid = (value == IGNORE_LABEL) | ((value >= 0) & (value <= num_classes) &
-                                              (value == np.round(value)))
-  if not valid.all():
-    return [f'values {np.unique(value[~valid])[:10].tolist()}, expected '
-            f'{IGNORE_LABEL} (no click), 0..{num_classes - 1} (action click) or '
-            f'{num_classes} (background click)']
-  return []
-
-
-def _metadata_problems(value: np.ndarray, key: str) -> list[str]:
-  if value.size != 1:
-    return [f'shape {value.shape}, expected a scalar']
-  lowest = {'frame_num': (1, '>= 1'), 'fps': (0, '> 0'), 'duration': (0, '> 0')}
-  bound, expected = lowest[key]
-  number = value.reshape(()).item()
-  if (key == 'frame_num' and number < bound) or (key != 'frame_num' and number <= bound):
-    return [f'value {number}, expected {expected}']
-  return []
+  problems = features.numeric_problems(value)
+  return problems[0] if problems else value
 
 
 def _vid_name(archive) -> tuple[str | None, list[str]]:
@@ -84,10 +48,10 @@ def _small_key_problems(archive, key: str, num_classes: int, num_segments: int) 
   if isinstance(value, str):
     return [value]
   if key == 'cls_label':
-    return _cls_label_problems(value, num_classes)
+    return features.cls_label_problems(value, num_classes)
   if key == 'point_label':
-    return _point_label_problems(value, num_segments, num_classes)
-  return _metadata_problems(value, key)
+    return features.point_label_problems(value, num_segments, num_classes)
+  return features.metadata_problems(value, key)
 
 
 def scan_file(path, *, num_classes: int, half_width: int, num_segments: int,

@@ -72,13 +72,81 @@ def _read_key(archive, path, key: str) -> np.ndarray:
     raise FeatureFileError(path, key, f'unreadable, truncated or corrupt ({e})') from e
 
 
-def _as_numeric(path, key: str, value: np.ndarray) -> np.ndarray:
-  if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
-    raise FeatureFileError(path, key, f'expected numbers, got dtype {value.dtype}')
+def real_numbers(dtype: np.dtype, allow_bool: bool = False) -> bool:
+  """Integers or floats (and booleans where 0/1 labels are read): no complex, text or object."""
+  return ((np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating))
+          or (allow_bool and dtype == np.bool_))
+
+
+def numeric_problems(value: np.ndarray, allow_bool: bool = True) -> list[str]:
+  """Real numbers, all finite: the rule for every numeric key, in the scan and in the reader."""
+  if not real_numbers(value.dtype, allow_bool):
+    return [f'expected {"" if allow_bool else "non-boolean "}real numbers, got dtype '
+            f'{value.dtype}']
   if not np.all(np.isfinite(value)):
-    num_bad = np.size(value) - np.isfinite(value).sum()
-    raise FeatureFileError(path, key, f'{num_bad} non-finite values')
+    return [f'{np.size(value) - np.isfinite(value).sum()} non-finite values']
+  return []
+
+
+def cls_label_problems(value: np.ndarray, num_classes: int) -> list[str]:
+  if value.shape != (num_classes,):
+    return [f'shape {value.shape}, expected ({num_classes},)']
+  if not np.isin(value, (0, 1)).all():
+    return [f'values {np.unique(value)[:10].tolist()}, expected 0 or 1 (multi-hot)']
+  return []
+
+
+def point_label_problems(value: np.ndarray, num_snippets: int, num_classes: int) -> list[str]:
+  value = np.ravel(value)
+  if value.shape != (num_snippets,):
+    return [f'length {value.size}, expected {num_snippets} (one label per snippet)']
+  valid = (value == IGNORE_LABEL) | ((value >= 0) & (value <= num_classes) &
+                                     (value == np.round(value)))
+  if not valid.all():
+    return [f'values {np.unique(value[~valid])[:10].tolist()}, expected '
+            f'{IGNORE_LABEL} (no click), 0..{num_classes - 1} (action click) or '
+            f'{num_classes} (background click)']
+  return []
+
+
+def metadata_problems(value: np.ndarray, key: str) -> list[str]:
+  """frame_num >= 1, fps > 0, duration > 0, each one number."""
+  if np.size(value) != 1:
+    return [f'expected a scalar, got shape {np.shape(value)}']
+  found = numeric_problems(np.asarray(value))
+  if found:
+    return found
+  number = np.asarray(value).reshape(()).item()
+  if key == 'frame_num' and not number >= 1:
+    return [f'value {number}, expected >= 1']
+  if key != 'frame_num' and not number > 0:
+    return [f'value {number}, expected > 0']
+  return []
+
+
+def _checked(path, key: str, value: np.ndarray, problems: list[str]) -> np.ndarray:
+  if problems:
+    raise FeatureFileError(path, key, problems[0])
   return value
+
+
+def _as_numeric(path, key: str, value: np.ndarray, allow_bool: bool = True) -> np.ndarray:
+  return _checked(path, key, value, numeric_problems(value, allow_bool))
+
+
+def check_unambiguous(path, key: str, shape: tuple[int, ...], half_width: int) -> None:
+  """A [W, W] half reads both ways (a video of W snippets at width W: 1024 snippets at the
+  official width): refused rather than guessed."""
+  if tuple(shape) == (half_width, half_width):
+    raise FeatureFileError(
+        path, key, f'shape {tuple(shape)} reads both channels-first and channels-last (as many '
+        'snippets as channels); save the video as one .npy [T, F] array (snippets x RGB then flow '
+        'features), which reads one way only')
+
+
+def check_snippet_count(path, key: str, num_snippets: int) -> None:
+  if num_snippets < 1:
+    raise FeatureFileError(path, key, 'no snippet (T = 0): nothing to localise')
 
 
 def _channels_last(path, key: str, value: np.ndarray, half_width: int,
@@ -91,6 +159,7 @@ def _channels_last(path, key: str, value: np.ndarray, half_width: int,
   if value.ndim != 2:
     raise FeatureFileError(path, key, f'expected a 2-D array, got shape {value.shape}')
   if num_segments is None:
+    check_unambiguous(path, key, value.shape, half_width)
     channels_first = value.shape[0] == half_width
     channels_last = not channels_first and value.shape[1] == half_width
   else:
@@ -108,8 +177,14 @@ def _feature_half(archive, path, key: str, half_width: int, num_segments: int | 
                   ) -> np.ndarray:
   """One half of the features, channels-last float32, checked after that cast: float64 values
   beyond float32's range pass the check on the stored values and become inf in the model."""
-  value = _channels_last(path, key, _as_numeric(path, key, _read_key(archive, path, key)),
-                         half_width, num_segments)
+  value = _channels_last(
+      path, key, _as_numeric(path, key, _read_key(archive, path, key), allow_bool=False),
+      half_width, num_segments)
+  return as_float32(path, key, value)
+
+
+def as_float32(path, key: str, value: np.ndarray) -> np.ndarray:
+  """`value` as float32, the dtype the model reads, refused if a finite value overflows it."""
   with np.errstate(over='ignore'):
     value_TxW = value.astype(np.float32)
   finite = np.isfinite(value_TxW)
@@ -122,24 +197,13 @@ def _feature_half(archive, path, key: str, half_width: int, num_segments: int | 
 
 
 def _scalar(path, key: str, value: np.ndarray) -> np.ndarray:
-  if np.size(value) != 1:
-    raise FeatureFileError(path, key, f'expected a scalar, got shape {value.shape}')
-  return _as_numeric(path, key, value.reshape(()))
+  return _checked(path, key, value, metadata_problems(value, key)).reshape(())
 
 
 def _click_labels(path, value: np.ndarray, num_snippets: int, num_classes: int) -> np.ndarray:
-  key = 'point_label'
-  value = _as_numeric(path, key, np.ravel(value))
-  if value.shape[0] != num_snippets:
-    raise FeatureFileError(
-        path, key, f'length {value.shape[0]} does not match the {num_snippets} feature snippets')
-  labels = value.astype(np.int32)
-  valid = (labels == IGNORE_LABEL) | ((labels >= 0) & (labels <= num_classes))
-  if not np.array_equal(labels, value) or not np.all(valid):
-    raise FeatureFileError(
-        path, key, f'values must be {IGNORE_LABEL} or integers in [0, {num_classes}], '
-        f'got {np.unique(value)[:10]}')
-  return labels
+  value = _as_numeric(path, 'point_label', np.ravel(value))
+  return _checked(path, 'point_label', value,
+                  point_label_problems(value, num_snippets, num_classes)).astype(np.int32)
 
 
 def open_npz(path) -> np.lib.npyio.NpzFile:
@@ -200,9 +264,7 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
     video_labels = np.zeros((num_classes,), np.float32)
     if require_labels or 'cls_label' in archive.files:
       video_labels = _as_numeric(path, 'cls_label', _read_key(archive, path, 'cls_label'))
-    if video_labels.shape != (num_classes,):
-      raise FeatureFileError(
-          path, 'cls_label', f'shape {video_labels.shape}, expected ({num_classes},)')
+    _checked(path, 'cls_label', video_labels, cls_label_problems(video_labels, num_classes))
     vid_name = np.asarray(pathlib.Path(path).stem)
     if require_labels or 'vid_name' in archive.files:
       vid_name = read_name(archive, path)
@@ -269,15 +331,14 @@ def read_header(path, *, feature_dim: int) -> FileHeader:
       if len(shape) != 2 or half not in shape:
         raise FeatureFileError(path, key, f'shape {shape}, expected ({half}, T) channels-first '
                                f'or (T, {half}) channels-last')
+      check_unambiguous(path, key, shape, half)
       lengths[key] = shape[1] if shape[0] == half else shape[0]
+      check_snippet_count(path, key, lengths[key])
     if lengths['feat_spa'] != lengths['feat_tem']:
       raise FeatureFileError(path, 'feat_tem', f'{lengths["feat_tem"]} snippets but feat_spa '
                              f'has {lengths["feat_spa"]}')
     metadata = {key: _scalar(path, key, _read_key(archive, path, key)).item()
                 for key in ('frame_num', 'fps', 'duration') if key in archive.files}
-    for key, value in metadata.items():
-      if not value > 0:
-        raise FeatureFileError(path, key, f'{value}, expected a positive number')
     vid_name = None
     if 'vid_name' in archive.files:
       vid_name = read_name(archive, path).reshape(()).item()

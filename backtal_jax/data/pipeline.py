@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.core import sharding
 from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.data import features
 
@@ -164,7 +165,7 @@ def global_batch_indices(order: np.ndarray, step: int, global_batch_size: int) -
 
 
 def _check_batch_split(global_batch_size: int, process_count: int) -> None:
-  if global_batch_size <= 0 or global_batch_size % process_count:
+  if not sharding.divides_over(global_batch_size, process_count):
     raise ValueError(f'The global batch size ({global_batch_size}) must be a positive multiple of '
                      f'the number of processes ({process_count}).')
 

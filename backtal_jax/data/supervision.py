@@ -8,10 +8,17 @@ the annotation page, backtal_jax.annotation).
 
 import numpy as np
 
+from backtal_jax.core import fields
 from backtal_jax.core.labels import IGNORE_LABEL
 
 SUPERVISIONS = ('none', 'background', 'action', 'both')
 ACTION_CLICK_SOURCES = ('simulated', 'file')
+
+
+CONFIG_FIELDS = {  # see core/fields.py
+    'train.supervision': fields.choice(*SUPERVISIONS),
+    'train.action_clicks': fields.choice(*ACTION_CLICK_SOURCES),
+}
 
 
 def check_supervision(supervision: str) -> None:

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.core import fields
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import clicks as clicks_lib
@@ -101,48 +102,45 @@ def default_config(dataset: str = 'thumos14') -> ml_collections.ConfigDict:
   return c
 
 
-# knob -> (lowest, highest, what it must be); None: no bound on that side
-_RANGES = {
-    'num_segments': (1, None, 'an integer >= 1'),
-    'half_width': (1, None, 'an integer >= 1'),
-    'frames_per_snippet': (1, None, 'an integer >= 1'),
-    'num_background_prototypes': (1, None, 'an integer >= 1'),
-    'background_min_stretch': (1, None, 'an integer >= 1'),
-    'num_train_videos': (-1, None, '-1 (all) or a count >= 1'),
-    'num_test_videos': (-1, None, '-1 (all) or a count >= 1'),
-    'scene_jitter': (0, 1, 'in [0, 1]'),
-    'motion_jitter': (0, 1, 'in [0, 1]'),
-    'background_switch_prob': (0, 1, 'a probability in [0, 1]'),
-    'distractor_min_length': (0, None, '> 0'),
-    **{knob: (0, None, '>= 0') for knob in (
-        'scene_away', 'scene_inside', 'scene_context', 'rgb_motion_inside', 'motion_inside',
-        'motion_context', 'motion_away', 'context_length', 'distractors_per_instance',
-        'distractor_scene', 'distractor_motion', 'background_strength', 'noise', 'smoothness')},
+# Every knob's type and range (core/fields.py); the pre-flight checks them (data.synthetic.*).
+_STRENGTHS = ('scene_away', 'scene_inside', 'scene_context', 'rgb_motion_inside', 'motion_inside',
+              'motion_context', 'motion_away', 'context_length', 'distractors_per_instance',
+              'distractor_scene', 'distractor_motion', 'background_strength', 'noise',
+              'smoothness')
+CONFIG_FIELDS = {
+    'dataset': fields.choice(*DATASETS),
+    'num_segments': fields.integer(1),
+    'half_width': fields.integer(1),
+    'seed': fields.integer(0),
+    'num_train_videos': fields.integer(1, also=(-1,)),
+    'num_test_videos': fields.integer(1, also=(-1,)),
+    'clicks': fields.choice(*clicks_lib.SOURCES, 'simulated'),
+    'simulated_action_clicks': fields.flag(),
+    'frames_per_snippet': fields.integer(1),
+    'num_background_prototypes': fields.integer(1),
+    'scene_jitter': fields.number(0, 1),
+    'motion_jitter': fields.number(0, 1),
+    'distractor_min_length': fields.number(0, low_open=True),
+    'distractor_max_length': fields.number(0, low_open=True),
+    'background_min_stretch': fields.integer(1),
+    'background_max_stretch': fields.integer(1),
+    'background_switch_prob': fields.number(0, 1),
+    **{knob: fields.number(0) for knob in _STRENGTHS},
 }
 
 
 def config_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Every knob set to something that cannot build a testbed, by name."""
-  problems = []
-  for knob, (lowest, highest, expected) in _RANGES.items():
-    value = config[knob]
-    bad = (not np.isfinite(value) or (lowest is not None and value < lowest) or
-           (highest is not None and value > highest) or
-           (knob.startswith('num_') and value == 0) or
-           (knob == 'distractor_min_length' and value == 0))
-    if bad:
-      problems.append(f'{knob}={value}: expected {expected}')
+  problems = [f'{knob}={value!r}: expected {expected}'
+              for knob, value, expected in fields.violations(config, CONFIG_FIELDS)]
+  if problems:  # the comparisons below need numbers
+    return problems
   if config.distractor_max_length < config.distractor_min_length:
     problems.append(f'distractor_max_length={config.distractor_max_length}: expected >= '
                     f'distractor_min_length ({config.distractor_min_length})')
   if config.background_max_stretch < config.background_min_stretch:
     problems.append(f'background_max_stretch={config.background_max_stretch}: expected >= '
                     f'background_min_stretch ({config.background_min_stretch})')
-  if config.dataset not in DATASETS:
-    problems.append(f'dataset={config.dataset!r}: expected one of {sorted(DATASETS)}')
-  if config.clicks not in (*clicks_lib.SOURCES, 'simulated'):
-    problems.append(f'clicks={config.clicks!r}: expected one of '
-                    f'{[*clicks_lib.SOURCES, "simulated"]}')
   return problems
 
 

@@ -69,12 +69,18 @@ def npy_header(path: pathlib.Path, *, feature_dim: int) -> features.FileHeader:
   try:
     with open(path, 'rb') as f:
       shape, dtype = features.npy_header(f)
+      stored_bytes = path.stat().st_size - f.tell()
   except (ValueError, OSError, EOFError) as e:
     raise features.FeatureFileError(path, 'array', f'not a readable .npy file ({e})') from e
-  if len(shape) != 2 or shape[1] != feature_dim or not np.issubdtype(dtype, np.number):
+  if len(shape) != 2 or shape[1] != feature_dim or not features.real_numbers(dtype):
     raise features.FeatureFileError(
         path, 'array', f'{dtype} of shape {shape}, expected numbers of shape (T, {feature_dim}) '
         '(snippets x RGB and flow features, channels-last)')
+  features.check_snippet_count(path, 'array', shape[0])
+  needed = int(np.prod(shape)) * dtype.itemsize
+  if stored_bytes < needed:
+    raise features.FeatureFileError(path, 'array', f'truncated: {stored_bytes} bytes of data, '
+                                    f'its header {shape} {dtype} needs {needed}')
   return features.FileHeader(vid_name=None, num_snippets=shape[0], frame_num=None, fps=None,
                              duration=None)
 
@@ -100,7 +106,7 @@ def _positive(path, row: int, field: str, text: str) -> float | None:
 def read_metadata_csv(path: str) -> dict[str, dict[str, float | None]]:
   """vid_name -> {'duration', 'fps'} from a CSV with a header row `vid_name,duration,fps`;
   an empty cell is a value the file does not give."""
-  with open(path, newline='') as f:
+  with open(path, newline='', encoding='utf-8-sig') as f:  # with or without a byte-order mark
     reader = csv.DictReader(f)
     missing = {'vid_name', 'duration', 'fps'} - set(reader.fieldnames or ())
     if missing:
@@ -147,6 +153,10 @@ def complete(headers: Sequence[tuple[pathlib.Path, features.FileHeader]],
     frame_num = header.frame_num
     if frame_num is None:
       frame_num = annotations.snippet_count(video_duration, video_fps, frames_per_snippet)
+    if frame_num < 1:
+      lacking.append(f'{name} ({path}): a duration ({video_duration} s) of no whole '
+                     f'{frames_per_snippet}-frame snippet at {video_fps} fps')
+      continue
     videos.append(UnannotatedVideo(
         vid_name=name, path=path, num_snippets=header.num_snippets, frame_num=frame_num,
         fps=_first(video_fps, features.METADATA_MISSING), duration=video_duration))
@@ -168,8 +178,8 @@ def find_videos(paths: Sequence[str], config: ml_collections.ConfigDict, *,
                 fps: float | None = None) -> list[UnannotatedVideo]:
   """Every video of `paths` (files or folders), checked and completed; reads no feature."""
   for name, value in (('duration', duration), ('fps', fps)):
-    if value is not None and not value > 0:
-      raise InputError(f'--{name} is {value}, expected a positive number')
+    if value is not None and not (value > 0 and np.isfinite(value)):
+      raise InputError(f'--{name} is {value}, expected a positive finite number')
   files = list_feature_files(paths)
   headers = [(path, read_header(path, feature_dim=config.data.feature_dim)) for path in files]
   table = read_metadata_csv(metadata_csv) if metadata_csv else {}
@@ -225,7 +235,7 @@ def read_features(video: UnannotatedVideo, config: ml_collections.ConfigDict) ->
   if not np.all(np.isfinite(array)):
     raise features.FeatureFileError(video.path, 'array',
                                     f'{array.size - np.isfinite(array).sum()} non-finite values')
-  return array.astype(np.float32)
+  return features.as_float32(video.path, 'array', array)
 
 
 def example(video: UnannotatedVideo, features_SxF: np.ndarray,

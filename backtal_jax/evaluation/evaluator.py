@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.core import fields
 from backtal_jax.core import files
 from backtal_jax.core import sharding
 from backtal_jax.data import annotations
@@ -32,6 +33,16 @@ from backtal_jax.evaluation import postprocess
 from backtal_jax.evaluation import visualize
 from backtal_jax.model import network
 from backtal_jax.reporting import evaluation_report
+
+# config.eval's evaluation fields (core/fields.py), checked before the first step
+CONFIG_FIELDS = {
+    'eval.ground_truth': fields.text(),  # '' (HACS): the pre-flight asks for the file
+    'eval.subset': fields.text(nonempty=True),
+    'eval.tiou_thresholds': fields.sequence(fields.number(0, 1, low_open=True), nonempty=True),
+    'eval.batch_size': fields.integer(1),
+    'eval.num_plots': fields.integer(0),
+    'eval.plot_videos': fields.sequence(fields.text(nonempty=True)),
+}
 
 
 def eval_step(params, features_BxTxF, *, model: network.BackTAL) -> dict:
@@ -65,16 +76,31 @@ def gather_from_processes(detections: dict[str, list]) -> dict[str, list]:
   return merged
 
 
+def _metric_tiou(name: str, tiou_thresholds: Sequence[float]) -> int | None:
+  """Which scored tIoU `name` reads: -1 for 'average', the index of X for 'map@X', else None."""
+  if name == 'average':
+    return -1
+  try:
+    matches = np.flatnonzero(np.isclose(tiou_thresholds, float(name[4:])))
+  except ValueError:
+    return None
+  return int(matches[0]) if name.startswith('map@') and matches.size else None
+
+
+def selection_metric_problems(name: str, tiou_thresholds: Sequence[float]) -> list[str]:
+  """The metric must be one the evaluation computes (train.selection_metric names it)."""
+  if _metric_tiou(name, tiou_thresholds) is not None:
+    return []
+  return [f"config.train.selection_metric is {name!r}, expected 'average' or 'map@X' with X "
+          f'among config.eval.tiou_thresholds {list(tiou_thresholds)}']
+
+
 def selection_metric(summary: dict, name: str) -> float:
   """'average' (mean over the scored tIoUs) or 'map@X' (mAP at tIoU X), as the official code."""
-  if name == 'average':
-    return summary['average_mAP']['all scored']
-  if name.startswith('map@'):
-    matches = np.flatnonzero(np.isclose(summary['tiou'], float(name[4:])))
-    if matches.size:
-      return summary['mAP'][int(matches[0])]
-  raise errors.UserError(f"config.train.selection_metric must be 'average' or 'map@X' with X among "
-                         f'config.eval.tiou_thresholds {summary["tiou"]}, got {name!r}')
+  index = _metric_tiou(name, summary['tiou'])
+  if index is None:
+    raise errors.UserError(selection_metric_problems(name, summary['tiou'])[0])
+  return summary['average_mAP']['all scored'] if index == -1 else summary['mAP'][index]
 
 
 def videos_missing_from(detections: dict, split: datasets.EvalSplit) -> list[str]:

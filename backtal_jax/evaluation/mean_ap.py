@@ -33,6 +33,7 @@ from typing import Union
 import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.data.annotations import valid_segment
 
 JsonSource = Union[str, os.PathLike, Mapping[str, Any]]
 
@@ -81,6 +82,9 @@ def ground_truth_instances(ground_truth: Mapping[str, Any], subset: str, name: s
           f"[{{'label', 'segment': [start, end]}}, ...]}}; {type(e).__name__}: {e})") from None
     video_index.setdefault(video_id, len(video_index))
     for ann_label, ann_start, ann_end in segments:
+      if not valid_segment(ann_start, ann_end):
+        raise errors.UserError(f'{name}: video {video_id!r}: bad ground-truth segment '
+                               f'[{ann_start}, {ann_end}] (must be finite with end >= start)')
       class_index.setdefault(ann_label, len(class_index))
       video.append(video_index[video_id])
       label.append(class_index[ann_label])
@@ -119,7 +123,7 @@ def prediction_instances(predictions: Mapping[str, Any], class_names: Sequence[s
       if det_label not in known_labels:
         raise errors.UserError(f'{name}: video {video_id!r}: label {det_label!r} is not a class of '
                          'the ground truth')
-      if not (math.isfinite(det_start) and math.isfinite(det_end)) or det_end < det_start:
+      if not valid_segment(det_start, det_end):
         raise errors.UserError(f'{name}: video {video_id!r}: bad segment {det["segment"]!r} '
                          '(must be finite with end >= start)')
       if not math.isfinite(det_score):

@@ -20,7 +20,41 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
+from backtal_jax.core import fields
 from backtal_jax.core import resample
+
+# config.eval's post-processing fields (core/fields.py), checked before the first step. Scores,
+# normalised CAS and feature magnitudes lie in [0, 1]; a step gives at most 1000 thresholds.
+CONFIG_FIELDS = {
+    'eval.class_score_thresh': fields.number(0, 1),
+    'eval.act_thresh_min': fields.number(0, 1),
+    'eval.act_thresh_max': fields.number(0, 1),
+    'eval.act_thresh_step': fields.number(1e-3, 1),
+    'eval.outer_lambda': fields.number(0),
+    'eval.video_score_gamma': fields.number(0),
+    'eval.nms_thresh': fields.number(0, 1),
+    'eval.feature_proposals': fields.flag(),
+    'eval.feature_thresh_min': fields.number(0, 1),
+    'eval.feature_thresh_max': fields.number(0, 1),
+    'eval.feature_thresh_step': fields.number(1e-3, 1),
+    'eval.shrink_ratio': fields.number(0, 0.5, high_open=True),
+    'eval.whole_video_proposals': fields.flag(),
+    'eval.whole_video_score': fields.number(0),
+    'eval.keep_lone_first_position': fields.flag(),
+}
+
+
+def threshold_problems(eval_config: ml_collections.ConfigDict) -> list[str]:
+  """Each threshold range must hold at least one threshold, or no proposal is ever made."""
+  problems = []
+  ranges = [('act_thresh', cas_thresholds)] + (
+      [('feature_thresh', feature_thresholds)] if eval_config.feature_proposals else [])
+  for prefix, thresholds in ranges:
+    if not len(thresholds(eval_config)):
+      problems.append(f'config.eval.{prefix}_min ({eval_config[prefix + "_min"]}) is not below '
+                      f'config.eval.{prefix}_max ({eval_config[prefix + "_max"]}): no threshold '
+                      'in between, so no proposal')
+  return problems
 
 
 def minmax_over_time(x_T: np.ndarray) -> np.ndarray:

@@ -16,9 +16,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from backtal_jax.core import fields
 from backtal_jax.core.labels import IGNORE_LABEL
 from backtal_jax.model.topk import num_topk
 from backtal_jax.model.topk import topk_mean_over_time
+
+# config.loss: what each field may hold (core/fields.py), checked before the first step
+CONFIG_FIELDS = {
+    'loss.norm_weight': fields.number(0),
+    'loss.click_weight': fields.number(0),
+    'loss.separation_weight': fields.number(0),
+    'loss.embedding_weight': fields.number(0),
+    'loss.separation_fg': fields.choice('video_score', 'own_topk'),
+    'loss.separation_topk_ratio': fields.number(0, 1, low_open=True),
+    'loss.similar_min': fields.number(-1, 1),  # cosine similarities
+    'loss.different_max': fields.number(-1, 1),
+}
 
 
 def _at_least_f32(x: jax.Array) -> jax.Array:

@@ -16,11 +16,28 @@ import jax
 import jax.numpy as jnp
 
 from backtal_jax.core import batch_rows
+from backtal_jax.core import fields
 from backtal_jax.model import affinity
 from backtal_jax.model import affinity_select
 from backtal_jax.model import topk
 
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+# config.model: what each field may hold (core/fields.py), checked before the first step
+CONFIG_FIELDS = {
+    'model.num_classes': fields.integer(1),
+    'model.feat_dim': fields.integer(1),
+    'model.hidden_dim': fields.integer(1),
+    'model.filter_dim': fields.integer(1),
+    'model.embed_hidden_dim': fields.integer(1),
+    'model.embed_dim': fields.integer(1),
+    'model.topk_ratio': fields.number(0, 1, low_open=True),
+    'model.dropout_rate': fields.number(0, 1, high_open=True),
+    'model.affinity': fields.choice('official', 'paper'),
+    'model.dtype': fields.choice('float32', 'bfloat16'),
+    'model.affinity_kernel': fields.choice(*affinity_select.AFFINITY_KERNELS),
+}
 
 
 def torch_bias_init(fan_in: int):
@@ -170,11 +187,11 @@ def split_passes(x_PBx___: jax.Array, num_passes: int) -> list[jax.Array]:
 
 def _merge_per_video(*passes_Bx___):
   x_BxPx___ = jnp.stack(passes_Bx___, axis=1)
-  return x_BxPx___.reshape((-1,) + x_BxPx___.shape[2:])
+  return batch_rows.reshape_rows(x_BxPx___, (-1,) + x_BxPx___.shape[2:])
 
 
 def _split_per_video(x_BPx___, num_passes):
-  x_BxPx___ = x_BPx___.reshape((-1, num_passes) + x_BPx___.shape[1:])
+  x_BxPx___ = batch_rows.reshape_rows(x_BPx___, (-1, num_passes) + x_BPx___.shape[1:])
   return [x_BxPx___[:, p] for p in range(num_passes)]
 
 

@@ -9,8 +9,9 @@
   commit of the code (when it is a git checkout);
 - `logs/`: one log file per invocation and process, the console's lines;
 - `phases.json`: where this invocation's wall time went (reporting/phase_times.py), at its end.
-Each invocation rewrites the first three and the last; a resumed run with other settings shows
-the latest.
+An invocation writes the first three only once every check has passed (a refused one changes
+nothing), and the last at its end; a resume may change only the fields run/run_identity.py lists,
+and the records show the latest values of those.
 """
 
 import contextlib

@@ -7,10 +7,13 @@ Every restore first compares the stored parameter shapes with the config's model
 
 from typing import Any
 
+from absl import logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from backtal_jax.core import errors
+from backtal_jax.core import files
 from backtal_jax.model import official_weights
 
 # official name -> (flax path, kernel size of the Conv1d, has a bias)
@@ -26,6 +29,42 @@ def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
   if (step_dir / 'params').exists():  # best/: the parameters alone
     return ocp.StandardCheckpointHandler().metadata(step_dir / 'params').tree
   return ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree['params']
+
+
+def saved_steps(folder: epath.Path) -> list[int]:
+  """The step numbers saved in an orbax folder (none if it is absent), read without a manager
+  (which would create the folder)."""
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def check_workdir(workdir: str, params_like: Any) -> None:
+  """Before a training writes anything: its output folders are folders it can write; a best/
+  whose checkpoints/ are gone (an earlier run's) is not taken for this run's; the latest
+  checkpoint has the config's parameter shapes."""
+  root = epath.Path(workdir)
+  for name in ('checkpoints', 'best', 'tensorboard', 'detections', 'plots', 'logs'):
+    problem = files.folder_problem(root / name)
+    if problem:
+      raise errors.UserError(problem)
+  for name in ('results.json', 'phases.json', 'config.json', 'config.txt', 'run.json'):
+    if (root / name).is_dir():
+      raise errors.UserError(f'{root / name} is a folder, where the run writes a file: move it '
+                             'away')
+  latest, best = saved_steps(root / 'checkpoints'), saved_steps(root / 'best')
+  if best and not latest:
+    raise errors.UserError(
+        f'{root / "best"} holds step {best[-1]} of an earlier run, but {root / "checkpoints"} '
+        'holds no checkpoint: this run could not tell its own best from it. Move best/ away '
+        '(with the results.json and detections/ beside it) or pick another --workdir.')
+  if latest:
+    manager = ocp.CheckpointManager(root / 'checkpoints')
+    try:
+      official_weights.check_param_shapes(stored_param_shapes(manager, latest[-1]), params_like,
+                                          str(root / 'checkpoints' / str(latest[-1])))
+    finally:
+      manager.close()
 
 
 class Checkpoints:
@@ -62,11 +101,23 @@ class Checkpoints:
     return self.latest.latest_step()
 
   def restore_latest(self, state_like: Any) -> tuple[Any, dict]:
-    """The latest checkpoint, sharded like `state_like` (a TrainState or its abstract shapes)."""
-    step = self.latest.latest_step()
-    official_weights.check_param_shapes(stored_param_shapes(self.latest, step), state_like.params,
-                       str(self.latest.directory / str(step)))
-    return restore(self.latest, step, state_like)
+    """The latest checkpoint that restores, sharded like `state_like` (a TrainState or its
+    abstract shapes): a damaged step (a file lost) is skipped, with a warning, for the one before
+    it; the run then retrains from there."""
+    failures = []
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      where = str(self.latest.directory / str(step))
+      official_weights.check_param_shapes(stored_param_shapes(self.latest, step),
+                                          state_like.params, where)
+      try:
+        return restore(self.latest, step, state_like)
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore raises plain Exception)
+        failures.append(f'{where}: {str(e).splitlines()[0][:200]}')
+        logging.warning('Checkpoint %s cannot be restored (%s); trying the one before it.', where,
+                        failures[-1])
+    raise errors.UserError('No checkpoint of the run restores (damaged or incomplete):\n  '
+                           + '\n  '.join(failures) + '\nRemove checkpoints/ and best/ to '
+                           'start again, or pick another --workdir.')
 
   def wait_until_finished(self) -> None:
     self.latest.wait_until_finished()
@@ -114,7 +165,11 @@ def restore_params(path: str, params_like: Any) -> Any:
       raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
     official_weights.check_param_shapes(stored_param_shapes(manager, step), params_like,
                        str(manager.directory / str(step)))
-    return _params_from_step(manager, step,
-                             jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
+    try:
+      return _params_from_step(manager, step,
+                               jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises plain Exception)
+      raise errors.UserError(f'{manager.directory / str(step)}: the parameters cannot be read '
+                             f'(damaged or incomplete: {str(e).splitlines()[0][:200]})') from None
   finally:
     manager.close()

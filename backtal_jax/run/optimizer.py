@@ -3,6 +3,17 @@
 import ml_collections
 import optax
 
+from backtal_jax.core import fields
+
+# config.train's optimiser fields (core/fields.py), checked before the first step
+CONFIG_FIELDS = {
+    'train.learning_rate': fields.number(0, low_open=True),
+    'train.b1': fields.number(0, 1, high_open=True),
+    'train.b2': fields.number(0, 1, high_open=True),
+    'train.eps': fields.number(0, low_open=True),
+    'train.weight_decay': fields.number(0),
+}
+
 
 def official_adam(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """torch.optim.Adam(lr, betas, eps, weight_decay): the decay is added to the gradient *before*

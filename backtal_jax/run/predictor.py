@@ -24,6 +24,7 @@ from backtal_jax.data import unannotated
 from backtal_jax.evaluation import evaluator
 from backtal_jax.reporting import evaluation_report
 from backtal_jax.run import evaluate_only
+from backtal_jax.run import preflight
 
 
 def class_names_for(config: ml_collections.ConfigDict,
@@ -44,12 +45,12 @@ class Predictor:
 
   def __init__(self, config: ml_collections.ConfigDict, checkpoint: str,
                class_names: Sequence[str] = ()):
+    self.mesh = sharding.make_mesh()
+    preflight.check_config(config, self.mesh.size, training=False)
     datasets.check_shapes(config)
     self.config = config
     self.class_names = tuple(class_names) or class_names_for(config, None)
-    self.mesh = sharding.make_mesh()
     with jax.set_mesh(self.mesh):
-      sharding.check_global_batch_size(config.eval.batch_size)
       model, self.params = evaluate_only.restore_model(config, checkpoint, self.mesh)
       self.evaluator = evaluator.Evaluator(config, model, self.mesh)
 
@@ -98,6 +99,10 @@ def predict(config: ml_collections.ConfigDict, checkpoint: str, feature_paths: S
   """Detections of every video of `feature_paths` (files or folders) written to `output`; with a
   ground truth also its mAP summary, which is returned. Inputs, metadata, the ground truth and the
   checkpoint are all checked before the first video is read."""
+  problem = (files.output_file_problem(output, '--output') or
+             (plots and files.folder_problem(plots)))
+  if problem:
+    raise errors.UserError(problem)
   videos = unannotated.find_videos(feature_paths, config, metadata_csv=metadata_csv,
                                    duration=duration, fps=fps)
   truth = annotations.load_ground_truth(ground_truth) if ground_truth else None

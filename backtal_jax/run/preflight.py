@@ -12,22 +12,25 @@ are read; `features.read_video` checks them then and names the file and the key.
 
 import time
 from typing import Callable
+from typing import Sequence
 
 from absl import logging
 from etils import epath
 import ml_collections
-import numpy as np
 
 from backtal_jax.core import errors
+from backtal_jax.core import fields
+from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import feature_scan
 from backtal_jax.data import supervision
-from backtal_jax.model import affinity_select
-
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-SOURCES = ('npz', 'tfds', 'synthetic')
-SELECTION_SPLITS = ('test', 'heldout')
+from backtal_jax.evaluation import evaluator
+from backtal_jax.evaluation import postprocess
+from backtal_jax.model import losses
+from backtal_jax.model import network
+from backtal_jax.run import optimizer
+from backtal_jax.run import run_fields
 
 
 class PreflightError(errors.Problems):
@@ -47,74 +50,63 @@ def _raised(check: Callable[[], object]) -> list[str]:
   return []
 
 
-def _at_least_one(config: ml_collections.ConfigDict, field: str) -> list[str]:
-  group, name = field.split('.')
-  value = config[group][name]
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    return [f'config.{field} is {value!r}, expected an integer >= 1']
-  return []
+# Every config field's declaration (core/fields.py), each made by the code that owns the field.
+DECLARED_FIELDS = {
+    **network.CONFIG_FIELDS, **losses.CONFIG_FIELDS, **datasets.CONFIG_FIELDS,
+    **supervision.CONFIG_FIELDS, **postprocess.CONFIG_FIELDS, **evaluator.CONFIG_FIELDS,
+    **optimizer.CONFIG_FIELDS, **run_fields.CONFIG_FIELDS,
+}
 
 
-def batch_size_problems(config: ml_collections.ConfigDict, device_count: int) -> list[str]:
-  problems = []
-  for field in ('train.batch_size', 'eval.batch_size'):
-    group, name = field.split('.')
-    size = config[group][name]
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % device_count:
-      problems.append(f'config.{field} is {size!r}, expected a positive multiple of the device '
-                      f'count ({device_count}): each device takes batch_size / {device_count} '
-                      'videos')
-  return problems
+def batch_size_problems(config: ml_collections.ConfigDict, device_count: int,
+                        names: Sequence[str] = ('train.batch_size', 'eval.batch_size')
+                        ) -> list[str]:
+  return [f'config.{name} is {fields.value_at(config, name)!r}, expected a positive multiple of '
+          f'the device count ({device_count}): each device takes batch_size / {device_count} '
+          'videos' for name in names
+          if not sharding.divides_over(fields.value_at(config, name), device_count)]
 
 
-def selection_metric_problems(name: str, tiou_thresholds) -> list[str]:
-  """The metric must be one the evaluation will compute (train.selection_metric reads it)."""
-  if name == 'average':
-    return []
-  if isinstance(name, str) and name.startswith('map@'):
-    try:
-      if np.isclose(tiou_thresholds, float(name[4:])).any():
-        return []
-    except ValueError:
-      pass
-  return [f"config.train.selection_metric is {name!r}, expected 'average' or 'map@X' with X "
-          f'among config.eval.tiou_thresholds {list(tiou_thresholds)}']
+def config_problems(config: ml_collections.ConfigDict, device_count: int, *,
+                    training: bool = True) -> list[str]:
+  """Every declared field in its range, then the rules that tie fields together (for the fields
+  that passed) and, when `training` (or evaluating a split), the data settings."""
+  return checked_config(config, device_count, training=training)[0]
 
 
-def config_problems(config: ml_collections.ConfigDict, device_count: int) -> list[str]:
-  """Config values used later in the run (evaluation, checkpoints, logging), checked now."""
-  problems = batch_size_problems(config, device_count)
-  for field in ('train.num_epochs', 'train.log_every_steps', 'train.max_checkpoints_to_keep',
-                'eval.every_epochs', 'data.num_segments'):
-    problems += _at_least_one(config, field)
-  thresholds = tuple(config.eval.tiou_thresholds)
-  if not thresholds or not all(0 < t <= 1 for t in thresholds):
-    problems.append(f'config.eval.tiou_thresholds is {list(thresholds)}, expected values in (0, 1]')
-  problems += selection_metric_problems(config.train.selection_metric, thresholds)
-  if config.train.selection_split not in SELECTION_SPLITS:
-    problems.append(f'config.train.selection_split is {config.train.selection_split!r}, expected '
-                    f'one of {SELECTION_SPLITS}')
-  elif config.train.selection_split == 'heldout':
-    problems += _raised(lambda: datasets.heldout_indices(10, config.train.heldout_fraction, 0))
-  problems += _raised(lambda: supervision.check_supervision(config.train.supervision))
-  problems += _raised(lambda: affinity_select.check_affinity_kernel(config.model.affinity_kernel))
-  if config.model.dtype not in COMPUTE_DTYPES:
-    problems.append(f'config.model.dtype is {config.model.dtype!r}, expected one of '
-                    f'{COMPUTE_DTYPES}')
-  if (isinstance(config.data.num_segments, int) and
+def checked_config(config: ml_collections.ConfigDict, device_count: int, *,
+                   training: bool = True
+                   ) -> tuple[list[str], annotations.GroundTruth | None]:
+  """config_problems, and the ground truth loaded to check it (None unless `training`)."""
+  ground_truth = None
+  bad = {name: f'config.{name} is {value!r}, expected {expected}'
+         for name, value, expected in fields.violations(config, DECLARED_FIELDS)}
+  problems = list(bad.values())
+  good = lambda *names: not any(name in bad for name in names)
+  batches = ('train.batch_size', 'eval.batch_size') if training else ('eval.batch_size',)
+  problems += batch_size_problems(config, device_count, [n for n in batches if good(n)])
+  if good('train.selection_metric', 'eval.tiou_thresholds'):
+    problems += evaluator.selection_metric_problems(config.train.selection_metric,
+                                                    config.eval.tiou_thresholds)
+  if not any(name.startswith('eval.') and 'thresh' in name for name in bad):
+    problems += postprocess.threshold_problems(config.eval)
+  if good('data.num_segments', 'model.topk_ratio') and (
       int(config.data.num_segments * config.model.topk_ratio) < 1):
     problems.append(f'config.model.topk_ratio ({config.model.topk_ratio}) x config.data.'
                     f'num_segments ({config.data.num_segments}) is below 1: the video score '
                     'would average no snippet')
-  problems += data_config_problems(config)
-  return problems
+  if training and not any(name.startswith('data.') or name == 'eval.ground_truth'
+                          for name in bad):
+    problems += data_config_problems(config)
+    if config.eval.ground_truth:
+      ground_truth, found = loaded_ground_truth(config)
+      problems += found
+  return problems, ground_truth
 
 
 def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = []
-  if config.data.source not in SOURCES:
-    problems.append(f'config.data.source is {config.data.source!r}, expected one of {SOURCES}')
-  elif config.data.source == 'npz' and not config.data.features_root:
+  if config.data.source == 'npz' and not config.data.features_root:
     problems.append(
         'config.data.features_root is not set: point it at the directory that holds '
         f'{config.data.train_split}/*.npz and {config.data.test_split}/*.npz, the official I3D '
@@ -129,22 +121,29 @@ def data_config_problems(config: ml_collections.ConfigDict) -> list[str]:
   if not config.eval.ground_truth:
     problems.append('config.eval.ground_truth is not set: give the ground-truth JSON of the '
                     'dataset')
-  else:
-    problems += _raised(lambda: ground_truth_classes(config))
   return problems
 
 
-def ground_truth_classes(config: ml_collections.ConfigDict) -> None:
-  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
-  datasets.check_class_count(ground_truth, config)
-  ground_truth.subset(config.eval.subset)
+def loaded_ground_truth(config: ml_collections.ConfigDict
+                        ) -> tuple[annotations.GroundTruth | None, list[str]]:
+  """The run's ground truth, read once here and handed down (datasets, the file scan), and
+  whether it fits the config (its class count, its subset)."""
+  try:
+    ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+  except (ValueError, OSError) as e:
+    return None, [str(e)]
+  return ground_truth, _raised(lambda: (datasets.check_class_count(ground_truth, config),
+                                        ground_truth.subset(config.eval.subset)))
 
 
-def check_config(config: ml_collections.ConfigDict, device_count: int) -> None:
-  """Raises PreflightError listing every problem of the config."""
-  problems = config_problems(config, device_count)
+def check_config(config: ml_collections.ConfigDict, device_count: int, *,
+                 training: bool = True) -> annotations.GroundTruth | None:
+  """Raises PreflightError listing every problem of the config (see config_problems); returns
+  the ground truth it read when `training`, for the run to hand down."""
+  problems, ground_truth = checked_config(config, device_count, training=training)
   if problems:
     raise PreflightError(problems)
+  return ground_truth
 
 
 def ground_truth_problems(names: dict[str, list], ground_truth: annotations.GroundTruth,
@@ -160,9 +159,10 @@ def ground_truth_problems(names: dict[str, list], ground_truth: annotations.Grou
   return problems
 
 
-def data_problems(config: ml_collections.ConfigDict, root: epath.Path) -> list[str]:
-  """Every file of both splits, and their videos against the ground truth."""
-  ground_truth = annotations.load_ground_truth(config.eval.ground_truth)
+def data_problems(config: ml_collections.ConfigDict, root: epath.Path,
+                  ground_truth: annotations.GroundTruth | None = None) -> list[str]:
+  """Every file of both splits, and their videos against the ground truth (read if not given)."""
+  ground_truth = ground_truth or annotations.load_ground_truth(config.eval.ground_truth)
   shapes = dict(num_classes=config.model.num_classes, feature_dim=config.data.feature_dim,
                 num_segments=config.data.num_segments)
   train_names, problems = feature_scan.scan_split(root, config.data.train_split, train=True,
@@ -179,13 +179,14 @@ def data_problems(config: ml_collections.ConfigDict, root: epath.Path) -> list[s
   return problems
 
 
-def check_data(config: ml_collections.ConfigDict, root: epath.Path) -> None:
+def check_data(config: ml_collections.ConfigDict, root: epath.Path,
+               ground_truth: annotations.GroundTruth | None = None) -> None:
   """Raises PreflightError listing every problem of the feature files under `root`."""
   if config.data.source == 'tfds':
     logging.info('Feature files not scanned: a TFDS dataset was validated when it was built.')
     return
   started = time.monotonic()
-  problems = data_problems(config, root)
+  problems = data_problems(config, root, ground_truth)
   logging.info('Pre-flight check of the feature files under %s: %.1f s', root,
                time.monotonic() - started)
   if problems:

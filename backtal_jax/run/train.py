@@ -30,6 +30,7 @@ from backtal_jax.run import checkpoint
 from backtal_jax.run import finiteness
 from backtal_jax.run import optimizer
 from backtal_jax.run import preflight
+from backtal_jax.run import run_identity
 from backtal_jax.run import stop_signals
 from backtal_jax.run import train_state
 from backtal_jax.run import workdir_lock
@@ -81,20 +82,23 @@ class Run:
   """One training run's pieces, so that train_and_evaluate reads as the loop it is."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-               phases: phase_times.PhaseTimes | None = None):
+               phases: phase_times.PhaseTimes | None = None, ground_truth=None):
+    """`ground_truth`: the one train_and_evaluate's pre-flight read; without it, the config is
+    checked (and the ground truth read) here."""
     self.config = config
     self.workdir = workdir
     self.is_lead = jax.process_index() == 0
     self.mesh = mesh
     self.phases = phases or phase_times.PhaseTimes()
-    with self.phases('preflight'):
-      preflight.check_config(config, mesh.size)
+    if ground_truth is None:
+      with self.phases('preflight'):
+        ground_truth = preflight.check_config(config, mesh.size)
     self.model = train_state.make_model(config)
     self.tx = optimizer.official_adam(config.train)
     with self.phases('datasets'):
-      self.data = datasets.open_datasets(config, workdir)
+      self.data = datasets.open_datasets(config, workdir, ground_truth)
     with self.phases('preflight'):
-      preflight.check_data(config, datasets.features_root(config, workdir))
+      preflight.check_data(config, datasets.features_root(config, workdir), ground_truth)
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
@@ -116,13 +120,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock. Writes where the time
   went to WORKDIR/phases.json (phase_times)."""
   mesh = sharding.make_mesh()
+  ground_truth = preflight.check_config(config, mesh.size)  # before the lock: touches nothing
   with (jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0),
-        run_records.recorded(config, workdir),
         phase_times.PhaseTimes().counting_compilation() as phases):
+    with phases('preflight'):
+      run_identity.check_resume(config, workdir)
+      checkpoint.check_workdir(workdir, train_state.abstract_params(
+          config, train_state.make_model(config), mesh))
     with phases('setup'):
-      run = Run(config, workdir, mesh, phases)
+      run = Run(config, workdir, mesh, phases, ground_truth)
     try:
-      with phases('train_steps'):  # what the loop's own phases leave: the steps
+      with run_records.recorded(config, workdir), phases('train_steps'):  # every check passed
         return _train_loop(run)
     finally:
       run.close()
@@ -189,8 +197,10 @@ def _train_loop(run: Run) -> TrainState:
           raise errors.Stopped(preemption.signum or signal.SIGTERM, step)
   finally:
     loader.close()
-  with run.phases('final_outputs'):
-    final_report(run, state, history)
+  with run.phases('final_outputs'), stop_signals.Preemption() as preemption:
+    final_report(run, state, history)  # a stop signal waits for its results.json
+  if stop_signals.any_process(preemption.requested):
+    raise errors.Stopped(preemption.signum, total_steps)
   return state
 
 
@@ -238,6 +248,8 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
     with run.phases('checkpoint'):
       run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
                            is_best=True)
+  with run.phases('checkpoint'):  # a save that failed stops the run here, not an epoch later
+    run.checkpoints.wait_until_finished()
   return history
 
 
