@@ -114,7 +114,7 @@ def test_every_config_problem_is_reported_at_once(tmp_path):
       'config.train.num_epochs is -1, expected an integer >= 1',
       "config.train.selection_split is 'train'",
       "config.model.dtype is 'float16'",
-      "config.model.affinity_kernel is 'mosaic', expected one of ('auto', 'xla', 'pallas')",
+      "config.model.affinity_kernel is 'mosaic', expected one of ['auto', 'xla', 'pallas']",
   ]
   for text in expected:
     assert sum(p.startswith(text) for p in problems) == 1, (text, problems)
