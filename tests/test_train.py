@@ -80,7 +80,7 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
   config.data.features_root = testbed
   config.eval.only = True
   summary = evaluate_only.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
-  np.testing.assert_allclose(summary['mAP'], results['mAP'], rtol=0, atol=1e-12)
+  np.testing.assert_allclose(summary.mAP, results['mAP'], rtol=0, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -94,7 +94,7 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   summary = evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
   results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
   assert results['checkpoint'] == config.eval.checkpoint
-  assert results['mAP'] == summary['mAP']
+  assert results['mAP'] == summary.mAP
   assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [
       'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json', 'run.json']
 
@@ -126,9 +126,14 @@ def test_evaluation_of_a_missing_checkpoint_creates_nothing(testbed, tmp_path):
   config.data.features_root = testbed
   config.eval.only = True
   config.eval.checkpoint = str(tmp_path / 'nowhere')
-  with pytest.raises(FileNotFoundError, match='No checkpoint folder at .*nowhere'):
+  with pytest.raises(FileNotFoundError,
+                     match=r'No checkpoint folder at .*nowhere \(config.eval.checkpoint\)'):
     evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
   assert not (tmp_path / 'nowhere').exists()
+  config.eval.checkpoint = ''  # the default: the workdir's best/
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint folder at .*eval/best \(the run's "
+                                              r'best/\)'):
+    evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
 
 
 @pytest.mark.slow
@@ -174,7 +179,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, 
   manager = checkpoint.Checkpoints(str(tmp_path / 'preempted'))
   _, record = manager.restore_latest(reference)
   manager.close()
-  assert pipeline.DataPosition.from_dict(record['position']) == pipeline.DataPosition(1, 1)
+  assert record.position == pipeline.DataPosition(1, 1)
   monkeypatch.undo()
   resumed, _ = run(tmp_path, testbed, 'preempted')
   for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference))):
