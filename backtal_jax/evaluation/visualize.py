@@ -28,6 +28,7 @@ matplotlib.use('Agg')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import figure as mpl_figure
 from matplotlib import pyplot as plt
+from matplotlib import transforms as mtransforms
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -84,17 +85,20 @@ def true_positives(detections: Sequence[dict], truth: Sequence[annotations.Insta
 
 
 def separate_labels(figure: mpl_figure.Figure) -> None:
-  """Moves each score label up, a step at a time, until it covers no label of its panel placed
-  before it (labels taken from left to right). Lays the figure out first and then fixes the
-  layout, since the labels are placed on the laid-out figure."""
+  """Moves each score label up, a step at a time, until it covers neither a label of its panel
+  placed before it (labels taken from left to right) nor another detection's bar. Lays the
+  figure out first and then fixes the layout, since the labels are placed on the laid-out
+  figure."""
   figure.canvas.draw()
   figure.set_layout_engine('none')
   renderer = figure.canvas.get_renderer()
   for ax in figure.axes:
+    bars = [mtransforms.Bbox(c.get_transform().transform(segment)).padded(1)
+            for c in ax.collections if c.get_gid() == 'bar' for segment in c.get_segments()]
     placed = []
     for text in sorted((t for t in ax.texts if t.get_gid() == 'label'), key=lambda t: t.xy[0]):
       box = text.get_window_extent(renderer)
-      while any(box.overlaps(other) for other in placed):
+      while any(box.overlaps(other) for other in placed + bars):
         x, y = text.get_position()
         text.set_position((x, y + LABEL_ROW_POINTS))
         box = text.get_window_extent(renderer)
@@ -121,7 +125,7 @@ def _detections(twin, detections, sources, hits):
            False: 'false positive'}
   for d, hit, source in zip(detections, hits, sources):
     text = f'{d["score"]:.2f}' + ('' if hit is None else (' TP' if hit else ' FP')) + f' {source}'
-    twin.hlines(d['score'], *d['segment'], color=colours[hit], lw=2.5, label=names[hit])
+    twin.hlines(d['score'], *d['segment'], color=colours[hit], lw=2.5, label=names[hit], gid='bar')
     twin.annotate(text, (d['segment'][0], d['score']), fontsize=6, color=colours[hit],
                   xytext=(0, 2), textcoords='offset points', gid='label')
 
