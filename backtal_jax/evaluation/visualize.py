@@ -154,7 +154,7 @@ def _class_panel(ax, times_L, cas_L, class_id, name, video_score, truth, detecti
   twin = ax.twinx()
   _detections(twin, ours, [sources.get(_key(d), '') for d in ours], hits)
   scores = [d['score'] for d in ours] or [1.0]
-  twin.set_ylim(min(0.0, min(scores)), max(1.0, max(scores)) * 1.1)
+  twin.set_ylim(min(0.0, min(scores)), max(1.0, max(scores)) * 1.25)  # room for labels
   twin.set_ylabel('detection score', color='tab:red', fontsize=8)
   return [ax, twin]
 
