@@ -98,6 +98,23 @@ def test_every_command_gives_each_name_the_same_number(run, tmp_path):
   best_test = json.loads((workdir / 'detections' / 'best_test.json').read_text())['results']
   assert json.loads(output.read_text())['results'] == best_test
 
+  # The Python API, from another directory, with the repository's configs/ made unimportable.
+  video = sorted((workdir / 'synthetic_data' / 'test').glob('*.npz'))[0]
+  script = (
+      'import sys, json, numpy as np\n'
+      "sys.modules['configs'] = None\n"
+      'from backtal_jax import Predictor\n'
+      f'data = np.load({str(video)!r})\n'
+      'features_SxF = np.concatenate([data["feat_spa"], data["feat_tem"]]).T\n'
+      f'found = Predictor.from_workdir({str(workdir)!r}).detect(\n'
+      '    features_SxF, duration=float(data["duration"]), frame_num=int(data["frame_num"]))\n'
+      'print(json.dumps(found))\n')
+  api = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, check=False,
+                       env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert api.returncode == 0, api.stderr[-3000:]
+  assert json.loads(api.stdout.splitlines()[-1]) == best_test[video.stem]
+
 
 @pytest.mark.slow
 def test_the_end_of_a_run_names_the_best_folder_and_the_predict_command(run):

@@ -42,7 +42,7 @@ def output_lines(workdir: str, best_folder: epath.Path | None) -> list[str]:
       ('results.json', 'the best epoch and its test mAP'),
       ('detections/best_test.json', 'its test detections (ActivityNet format)'),
       ('plots/best_test', 'plots of a few test videos'),
-      (str(best_folder.relative_to(root)) if best_folder else 'best', 'the best parameters'),
+      (f'best/{best_folder.name}' if best_folder else 'best', 'the best parameters'),
       ('checkpoints', 'the latest state, to resume'),
       ('tensorboard', f'tensorboard --logdir={root / "tensorboard"}'),
       ('config.json', 'the config, which predict reads'),
