@@ -1,12 +1,11 @@
 """One story across the commands: training, `evaluate`, `predict`, TensorBoard and results.json
-give each number one name and the same value; predict reads the run's own config; a resumed run
-writes no point twice to TensorBoard; a finished run started again stops at once."""
+give each number one name and the same value; predict reads the run's own config. (A resumed
+run's TensorBoard points and a finished run started again: test_train.py.)"""
 
 import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
@@ -140,33 +139,3 @@ def test_predict_refuses_a_config_that_contradicts_the_run(run, tmp_path):
   assert (f'error: --config: config.model.hidden_dim=24, but the checkpoint was trained with 16 '
           f'({workdir / "config.json"})') in result.stderr
   assert not (tmp_path / 'out.json').exists()
-
-
-@pytest.mark.slow
-def test_a_resumed_run_writes_each_point_once_and_a_finished_one_stops(run, tmp_path):
-  finished, _ = run
-  again = command('main', '--config=configs/thumos.py:debug', f'--workdir={finished}',
-                  '--config.eval.class_score_thresh=0.0')
-  assert again.returncode == 0 and 'has finished' in again.stderr
-  assert 'epoch 1/2' not in again.stderr
-
-  # The run as if killed during epoch 2: its last checkpoint and its results are gone.
-  workdir = tmp_path / 'run'
-  shutil.copytree(finished, workdir)
-  shutil.rmtree(workdir / 'checkpoints' / str(2 * STEPS_PER_EPOCH))
-  (workdir / 'results.json').unlink()
-  resumed = train(workdir)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Evaluating epoch 1 first' in resumed.stderr
-  assert (json.loads((workdir / 'results.json').read_text())['mAP']
-          == json.loads((finished / 'results.json').read_text())['mAP'])
-  assert len(list((workdir / 'tensorboard').glob('events.out.tfevents.*'))) == 2
-  events = tensorboard(workdir / 'tensorboard')
-  tags = events.Tags()
-  for tag in tags['scalars']:
-    steps = [e.step for e in events.Scalars(tag)]
-    assert len(steps) == len(set(steps)), tag
-  assert len(events.Tensors('config')) == 1
-  assert events.summary_metadata['_hparams_/session_start_info'].plugin_data.plugin_name == (
-      'hparams')
-  assert len(events.Tensors('_hparams_/session_start_info')) == 1

@@ -18,6 +18,7 @@ from backtal_jax.data import pipeline
 from backtal_jax.evaluation import mean_ap
 from backtal_jax.run import checkpoint
 from backtal_jax.run import evaluate_only
+from backtal_jax.run import final_report
 from backtal_jax.run import stop_signals
 from backtal_jax.run import train
 from backtal_jax.run import train_state
@@ -140,10 +141,34 @@ def test_evaluation_of_a_missing_checkpoint_creates_nothing(testbed, tmp_path):
 def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed, uninterrupted):
   reference, _ = uninterrupted
   run(tmp_path, testbed, 'stopped', num_epochs=1)
-  resumed, _ = run(tmp_path, testbed, 'stopped')
+  resumed, workdir = run(tmp_path, testbed, 'stopped')
   assert int(resumed.step) == int(reference.step)
   for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference))):
     np.testing.assert_array_equal(ours, ref)
+  # TensorBoard: the resumed invocation evaluated epoch 1 again (its checkpoint comes before its
+  # evaluation), yet no point is there twice, and the config and HParams are there once.
+  event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  assert len(list((workdir / 'tensorboard').glob('events.out.tfevents.*'))) == 2
+  events = event_accumulator.EventAccumulator(
+      str(workdir / 'tensorboard'), size_guidance={event_accumulator.SCALARS: 0,
+                                                   event_accumulator.TENSORS: 0}).Reload()
+  for tag in events.Tags()['scalars']:
+    steps = [e.step for e in events.Scalars(tag)]
+    assert len(steps) == len(set(steps)), tag
+  assert [e.step for e in events.Scalars('test/mAP_0.50')] == [3, 6]
+  assert len(events.Tensors('config')) == len(events.Tensors('_hparams_/session_start_info')) == 1
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_stops_at_once(uninterrupted, testbed):
+  _, workdir = uninterrupted
+  config = debug_config()
+  config.data.features_root = testbed
+  before = sorted(p.name for p in workdir.rglob('*'))
+  assert train.train_and_evaluate(config, str(workdir)) is None
+  assert sorted(p.name for p in workdir.rglob('*')) == before  # not even a log file
+  config.train.num_epochs = 3  # a longer run is not finished: it would resume
+  assert not final_report.is_finished(config, str(workdir))
 
 
 class PreemptedAfter:
