@@ -250,11 +250,12 @@ def test_channels_last_npy_of_the_wrong_width_is_refused(tmp_path):
 def test_predict_scores_the_predicted_videos_unless_asked_for_the_whole_subset(trained):
   truth = annotations.load_ground_truth(trained['config'].eval.ground_truth)
   detections = dict(trained['detections'], video_validation_0000051=[], unknown=[])
-  scored, which = predictor.ground_truth_of(truth, 'test', detections, whole_subset=False)
+  raw = json.loads(truth.path.read_text())
+  scored, which = predictor.ground_truth_of(raw, 'test', detections, whole_subset=False)
   assert sorted(scored['database']) == sorted(trained['detections'])
   assert which == (f"scored against the {len(trained['detections'])} predicted videos of subset "
                    "'test' (of 210; --score_whole_subset scores them all)")
-  scored, which = predictor.ground_truth_of(truth, 'test', detections, whole_subset=True)
+  scored, which = predictor.ground_truth_of(raw, 'test', detections, whole_subset=True)
   assert sum(entry['subset'] == 'test' for entry in scored['database'].values()) == 210
   assert which.startswith('scored against all 210 videos')
   counted = evaluation_report.counts(scored, evaluation_report.detections_file(detections), 'test')

@@ -152,11 +152,11 @@ class Predictor:
     return detections[name]
 
 
-def ground_truth_of(truth: annotations.GroundTruth, subset: str, detections: dict,
-                    whole_subset: bool) -> tuple[dict, str]:
-  """The ground truth to score against, and a line that says which: only the subset's predicted
-  videos (the default: a few videos are not scored against a whole test set), or all of it."""
-  raw = mean_ap.load_json(str(truth.path), 'ground truth')[0]
+def ground_truth_of(raw: dict, subset: str, detections: dict, whole_subset: bool
+                    ) -> tuple[dict, str]:
+  """The ground truth (parsed JSON) to score against, and a line that says which: only the
+  subset's predicted videos (the default: a few videos are not scored against a whole test set),
+  or all of it."""
   in_subset = [name for name, entry in raw['database'].items() if entry.get('subset') == subset]
   predicted = [name for name in in_subset if name in detections]
   if whole_subset or len(predicted) == len(in_subset):
@@ -172,10 +172,10 @@ def score(detections: dict, truth: annotations.GroundTruth, subset: str,
           config: ml_collections.ConfigDict, videos: Sequence[unannotated.UnannotatedVideo],
           whole_subset: bool) -> evaluation_report.EvaluationSummary:
   """The detections' mAP summary, with the warnings and counts `evaluate` prints."""
-  ground_truth, which = ground_truth_of(truth, subset, detections, whole_subset)
+  raw = mean_ap.load_json(str(truth.path), 'ground truth')[0]
+  ground_truth, which = ground_truth_of(raw, subset, detections, whole_subset)
   predictions = evaluation_report.detections_file(detections)
-  whole = evaluation_report.counts(mean_ap.load_json(str(truth.path), 'ground truth')[0],
-                                   predictions, subset)
+  whole = evaluation_report.counts(raw, predictions, subset)
   for warning in evaluation_report.outside_subset_warnings(whole, subset):
     logging.warning('%s', warning)
   split = datasets.EvalSplit('predicted', unannotated.FileSource(videos, config), truth,
