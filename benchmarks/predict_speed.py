@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from backtal_jax.core import sharding
-from backtal_jax.data import pipeline
 from backtal_jax.reporting import logs
 from backtal_jax.run import checkpoint
+from backtal_jax.run import history
 from backtal_jax.run import optimizer
 from backtal_jax.run import predictor
 from backtal_jax.run import train_state
@@ -68,7 +68,7 @@ def save_run(config, run: pathlib.Path) -> None:
     state = with_trained_like_moments(train_state.create_train_state(
         config, model, optimizer.official_adam(config.train), mesh))
   saver = checkpoint.Checkpoints(str(run))
-  saver.save(state, {'position': pipeline.DataPosition().to_dict(), 'history': {}}, is_best=True)
+  saver.save(state, history.CheckpointRecord(), is_best=True)
   saver.wait_until_finished()
   saver.close()
 

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from backtal_jax.reporting import averages
 from backtal_jax.reporting import logs
 from benchmarks import supervision_study
 
@@ -70,8 +71,8 @@ def summarise(results: dict[str, dict[str, list[dict]]]) -> str:
   for setting, per_run in results.items():
     at_05 = {run: seed_mean(per_run.get(run, []), lambda r: supervision_study.map_at(r, 0.5))
              for run in runs}
-    average = {run: seed_mean(per_run.get(run, []), lambda r: r['average_mAP']['0.1:0.7'])
-               for run in runs}
+    average = {run: seed_mean(per_run.get(run, []), lambda r: averages.upgrade_names(
+        r['average_mAP'])['mAP_avg_0.1_0.7']) for run in runs}
     margin = at_05.get('background/official', np.nan) - at_05.get('none/official', np.nan)
     seeds = min(len(v) for v in per_run.values())
     cells = [setting, str(seeds)] + [f'{100 * at_05[run]:.1f}' for run in runs]

@@ -18,6 +18,7 @@ import numpy as np
 
 from backtal_jax.core import sharding
 from backtal_jax.data import pipeline
+from backtal_jax.run import history
 from backtal_jax.run import stop_signals
 from backtal_jax.run import train
 from backtal_jax.run import train_state
@@ -60,7 +61,7 @@ def run_steps(testbed: str, workdir: str) -> dict:
       state, metrics = step_fn(state, batch)
       losses.append(float(jax.device_get(metrics['loss'])))
     loader.close()
-    run.checkpoints.save(state, {'position': loader.position.to_dict()})
+    run.checkpoints.save(state, history.CheckpointRecord(loader.position))
     run.checkpoints.wait_until_finished()
     restored, record = run.checkpoints.restore_latest(state)
     initial = train_state.create_train_state(config, run.model, run.tx, mesh)
@@ -71,7 +72,7 @@ def run_steps(testbed: str, workdir: str) -> dict:
   return {'any_process': [stop_signals.any_process(jax.process_index() == 1),
                           stop_signals.any_process(False)],
           'losses': losses, 'indices': indices, 'detections': detections,
-          'restored_step': int(restored.step), 'restored_position': record['position'],
+          'restored_step': int(restored.step), 'restored_position': record.position.to_dict(),
           'restored_difference': largest_difference(restored.params, state.params)}
 
 

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from backtal_jax.data import pipeline
 from backtal_jax.model import network
 from backtal_jax.model import official_weights
 from backtal_jax.run import checkpoint
+from backtal_jax.run import history
 from backtal_jax.run import train_state
 from tests import reference
 
@@ -127,7 +129,7 @@ def test_orbax_widths_are_checked_before_restoring(tmp_path):
   saved = state(jax.tree.map(jnp.asarray, official_weights.params_from_torch(state_dict())))
   wider = state(official_weights.model_param_shapes(wider_config))
   checkpoints = checkpoint.Checkpoints(str(tmp_path))
-  checkpoints.save(saved, {'position': {}}, is_best=True)
+  checkpoints.save(saved, history.CheckpointRecord(pipeline.DataPosition(1, 0)), is_best=True)
   checkpoints.wait_until_finished()
   hidden, embed = saved_config.model.embed_hidden_dim, saved_config.model.embed_dim
   expected = (f'parameter embedding_module/conv_2/bias has shape ({embed},), but the '
@@ -135,8 +137,9 @@ def test_orbax_widths_are_checked_before_restoring(tmp_path):
   with pytest.raises(official_weights.CheckpointError,
                      match=rf'checkpoints/1: {re.escape(expected)}'):
     checkpoints.restore_latest(wider)
-  with pytest.raises(official_weights.CheckpointError, match=rf'best/1: {re.escape(expected)}'):
-    checkpoint.restore_params(str(tmp_path / 'best'), wider.params)
+  with pytest.raises(official_weights.CheckpointError,
+                     match=rf'best/epoch_1 \(--checkpoint\): {re.escape(expected)}'):
+    checkpoint.restore_params(str(tmp_path / 'best'), wider.params, flag='--checkpoint')
   restored, _ = checkpoints.restore_latest(
       state(official_weights.model_param_shapes(saved_config)))
   assert restored.params['embedding_module']['conv_2']['kernel'].shape == (3, hidden, embed)

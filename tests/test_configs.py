@@ -58,3 +58,19 @@ def test_one_override_moves_linked_fields():
   debug = thumos.get_config('debug')
   debug.data.num_segments = 100
   assert debug.data.synthetic.num_segments == 100
+
+
+def leaf_names(values: dict, prefix: str = ''):
+  for key, value in values.items():
+    if isinstance(value, dict):
+      yield from leaf_names(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}'
+
+
+@pytest.mark.parametrize('module, variant', VARIANTS)
+def test_every_field_is_in_the_configuration_reference(module, variant):
+  reference = (CONFIG_DIR.parent / 'docs' / 'configuration.md').read_text()
+  missing = [name for name in leaf_names(module.get_config(variant).to_dict())
+             if f'`{name}`' not in reference]
+  assert not missing, f'docs/configuration.md lacks {missing}'

@@ -142,4 +142,5 @@ def test_training_loop_on_two_hosts_writes_once(runs, tmp_path):
   assert ((workdir / 'detections' / 'best_test.json').read_text() ==
           (workdir / 'detections' / f'epoch_{best_epoch:03d}.json').read_text())  # same model
   assert len(list((workdir / 'tensorboard').glob('events.out.tfevents.*'))) == 1  # process 0 only
-  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [3, 6]
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.is_dir()) == [3, 6]
+  assert json.loads((workdir / 'checkpoints' / 'epochs.json').read_text()) == {'3': 1, '6': 2}

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from backtal_jax import evaluate
+from backtal_jax.reporting import averages
+from configs import activitynet12
+from configs import hacs
+from configs import thumos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GT = {'database': {'v1': {'subset': 'test', 'annotations': [
@@ -33,9 +37,35 @@ def test_summary_has_quoted_averages():
   summary = evaluate.evaluate(GT, PRED, 'test', thresholds)
   np.testing.assert_allclose(summary['mAP'], [1, 1, 1, 1, 1, 0.5, 0.5])
   averages = summary['average_mAP']
-  assert set(averages) == {'0.1:0.7', '0.3:0.7', 'all scored'}
-  np.testing.assert_allclose(averages['0.1:0.7'], 6 / 7)
-  np.testing.assert_allclose(averages['0.3:0.7'], 4 / 5)
+  assert set(averages) == {'mAP_avg_0.1_0.7', 'mAP_avg_0.3_0.7'}  # 0.1:0.9 lacks 0.8 and 0.9
+  np.testing.assert_allclose(averages['mAP_avg_0.1_0.7'], 6 / 7)
+  np.testing.assert_allclose(averages['mAP_avg_0.3_0.7'], 4 / 5)
+
+
+def test_an_average_is_the_same_number_whatever_else_was_scored():
+  few = evaluate.evaluate(GT, PRED, 'test', evaluate.parse_thresholds(
+      ['0.1', '0.2', '0.3', '0.4', '0.5', '0.6', '0.7']))
+  every = evaluate.evaluate(GT, PRED, 'test', averages.ALL_THRESHOLDS)
+  assert set(every['average_mAP']) == set(averages.AVERAGES)
+  for name, value in few['average_mAP'].items():
+    assert every['average_mAP'][name] == value
+
+
+def test_each_dataset_config_scores_the_thresholds_of_its_averages():
+  for config in (thumos.get_config(), activitynet12.get_config(), hacs.get_config()):
+    assert tuple(config.eval.tiou_thresholds) == averages.dataset_thresholds(config.data.dataset)
+
+
+def test_shipped_ground_truth_names_are_accepted(tmp_path):
+  (tmp_path / 'pred.json').write_text(json.dumps({'results': {'video_test_0000004': [
+      {'label': 'CricketBowling', 'segment': [0.0, 1.0], 'score': 0.5}]}}))
+  result = subprocess.run(
+      [sys.executable, '-m', 'backtal_jax.evaluate', '--ground_truth=thumos14_gt',
+       f'--predictions={tmp_path / "pred.json"}', '--subset=test', '--tiou=0.5'],
+      capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=tmp_path,
+      check=False)
+  assert result.returncode == 0, result.stderr
+  assert "in 210 videos of subset 'test'" in result.stdout
 
 
 def test_bad_thresholds_are_rejected():
@@ -78,11 +108,11 @@ def test_cli_per_class_counts_and_unscored_videos(tmp_path):
   result = run_cli(tmp_path, json.dumps(predictions), '--tiou=0.5,0.6', '--per_class',
                    f'--output_json={out}', ground_truth=ground_truth)
   assert result.returncode == 0, result.stderr
-  assert ('warning: 1 predicted videos are absent from the ground truth; their predictions are '
-          'not scored: elsewhere') in result.stderr
+  assert ('warning: 1 predicted videos are absent from the ground truth; their predictions '
+          'count as false positives: elsewhere') in result.stderr
   assert "warning: 1 predicted videos are not in subset 'test'" in result.stderr
   assert ("ground truth: 3 instances in 2 videos of subset 'test'; predictions: 5 in 3 videos, "
-          '2 scored') in result.stdout
+          '2 of them in videos of the subset') in result.stdout
   # Class a: 2 instances, 1 prediction (tIoU 0.55): AP 0.5 at 0.5, 0 at 0.6; class b: AP 1.
   assert 'a          2      1  50.00   0.00' in result.stdout
   assert 'b          1      1 100.00 100.00' in result.stdout
@@ -94,4 +124,4 @@ def test_cli_per_class_counts_and_unscored_videos(tmp_path):
   assert summary['videos_absent_from_ground_truth'] == ['elsewhere']
   assert summary['videos_of_other_subsets'] == ['v3']
   assert (summary['ground_truth_instances'], summary['predictions'],
-          summary['predictions_scored']) == (3, 5, 2)
+          summary['predictions_in_subset']) == (3, 5, 2)

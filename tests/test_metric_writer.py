@@ -96,3 +96,35 @@ def test_writers_opened_in_the_same_second_keep_their_own_files(tmp_path, monkey
 
 def decode(record):
   return pytest.importorskip('tensorboardX.proto.event_pb2').Event.FromString(record)
+
+
+def test_hparams_decode_with_tensorboards_hparams_plugin(tmp_path):
+  hparams_metadata = pytest.importorskip('tensorboard.plugins.hparams.metadata')
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write_hparams({'train.seed': 7, 'model.affinity': 'paper', 'eval.only': False,
+                        'train.learning_rate': 1e-4})
+  writer.close()
+  accumulator = accumulate(tmp_path)
+  plugin_data = accumulator.summary_metadata['_hparams_/session_start_info'].plugin_data
+  assert plugin_data.plugin_name == 'hparams'
+  start = hparams_metadata.parse_session_start_info_plugin_data(plugin_data.content)
+  assert start.hparams['train.seed'].number_value == 7
+  assert start.hparams['model.affinity'].string_value == 'paper'
+  assert start.hparams['eval.only'].bool_value is False
+  assert start.hparams['train.learning_rate'].number_value == 1e-4
+
+
+def test_a_reopened_folder_gets_no_point_twice(tmp_path):
+  first = metric_writer.MetricWriter(str(tmp_path))
+  first.write_scalars(3, {'train/loss': 1.0})
+  first.write_texts(0, {'config': 'a'})
+  first.close()
+  again = metric_writer.MetricWriter(str(tmp_path))  # a resumed run, repeating step 3
+  again.write_scalars(3, {'train/loss': 1.0, 'test/mAP_0.50': 0.5})
+  again.write_scalars(4, {'train/loss': 0.5})
+  again.write_texts(0, {'config': 'a'})
+  again.close()
+  accumulator = accumulate(tmp_path)
+  assert [(e.step, e.value) for e in accumulator.Scalars('train/loss')] == [(3, 1.0), (4, 0.5)]
+  assert [e.step for e in accumulator.Scalars('test/mAP_0.50')] == [3]
+  assert len(accumulator.Tensors('config')) == 1

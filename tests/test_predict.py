@@ -16,11 +16,11 @@ from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
 from backtal_jax.data import features
-from backtal_jax.data import pipeline
 from backtal_jax.data import unannotated
-from backtal_jax.evaluation import evaluator
+from backtal_jax.reporting import evaluation_report
 from backtal_jax.run import checkpoint
 from backtal_jax.run import evaluate_only
+from backtal_jax.run import history
 from backtal_jax.run import optimizer
 from backtal_jax.run import predictor
 from backtal_jax.run import train_state
@@ -58,7 +58,7 @@ def trained(tmp_path_factory):
     state = train_state.create_train_state(config, model, optimizer.official_adam(config.train),
                                            mesh)
   saver = checkpoint.Checkpoints(str(root / 'run'))
-  saver.save(state, {'position': pipeline.DataPosition().to_dict(), 'history': {}}, is_best=True)
+  saver.save(state, history.CheckpointRecord(), is_best=True)
   saver.wait_until_finished()
   saver.close()
   detections = evaluation_only(config, root / 'run' / 'best', root / 'evaluation')
@@ -88,7 +88,7 @@ def run_cli(*args, timeout=240):
 
 
 def test_best_holds_parameters_only_and_both_folders_restore(trained):
-  best_step = trained['best'] / '0'
+  best_step = trained['best'] / 'epoch_0'
   assert sorted(p.name for p in best_step.iterdir() if p.is_dir()) == ['params', 'record']
   mesh = sharding.make_mesh()
   config = trained['config']
@@ -145,7 +145,7 @@ def test_npy_files_of_any_length_through_the_command_line(trained, tmp_path):
       f'--checkpoint={trained["best"]}', f'--features={inputs}',
       f'--output={tmp_path / "out.json"}', f'--metadata_csv={tmp_path / "meta.csv"}',
       '--duration=30', '--fps=25', '--ground_truth=thumos14_gt', '--subset=test',
-      f'--plots={tmp_path / "plots"}', '--num_plots=9')
+      f'--plot_dir={tmp_path / "plots"}', '--num_plots=9')
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((tmp_path / 'out.json').read_text())['results']
   clip = results.pop('my_holiday_clip')
@@ -153,7 +153,8 @@ def test_npy_files_of_any_length_through_the_command_line(trained, tmp_path):
   assert results == expected
   warnings = [line for line in result.stderr.splitlines() if 'false positives' in line]
   assert len(warnings) == 1 and warnings[0].endswith(': my_holiday_clip'), result.stderr[-3000:]
-  assert 'avg 0.1:0.7' in result.stdout
+  assert result.stdout.count('mAP_avg_0.1_0.7') == 1  # the table, printed once
+  assert "scored against the 8 predicted videos of subset 'test' (of 210;" in result.stderr
   assert len(list((tmp_path / 'plots').glob('*.png'))) == 9
 
 
@@ -262,11 +263,20 @@ def test_channels_last_npy_of_the_wrong_width_is_refused(tmp_path):
     unannotated.npy_header(tmp_path / 'v.npy', feature_dim=16)
 
 
-def test_videos_of_another_subset_count_as_missing_from_the_ground_truth(trained):
+def test_predict_scores_the_predicted_videos_unless_asked_for_the_whole_subset(trained):
   truth = annotations.load_ground_truth(trained['config'].eval.ground_truth)
-  split = datasets.EvalSplit('test', None, truth, str(truth.path), 'test')
   detections = dict(trained['detections'], video_validation_0000051=[], unknown=[])
-  assert evaluator.videos_missing_from(detections, split) == ['unknown', 'video_validation_0000051']
+  raw = json.loads(truth.path.read_text())
+  scored, which = predictor.ground_truth_of(raw, 'test', detections, whole_subset=False)
+  assert sorted(scored['database']) == sorted(trained['detections'])
+  assert which == (f"scored against the {len(trained['detections'])} predicted videos of subset "
+                   "'test' (of 210; --score_whole_subset scores them all)")
+  scored, which = predictor.ground_truth_of(raw, 'test', detections, whole_subset=True)
+  assert sum(entry['subset'] == 'test' for entry in scored['database'].values()) == 210
+  assert which.startswith('scored against all 210 videos')
+  counted = evaluation_report.counts(scored, evaluation_report.detections_file(detections), 'test')
+  assert counted['videos_absent_from_ground_truth'] == ['unknown']
+  assert counted['videos_of_other_subsets'] == ['video_validation_0000051']
 
 
 def test_npz_header_gives_name_length_and_metadata_and_refuses_a_zero_duration(tmp_path):
@@ -278,3 +288,8 @@ def test_npz_header_gives_name_length_and_metadata_and_refuses_a_zero_duration(t
            duration=0.0)
   with pytest.raises(features.FeatureFileError, match="b.npz: key 'duration': 0.0, expected"):
     features.read_header(tmp_path / 'b.npz', feature_dim=16)
+
+
+def test_a_missing_checkpoint_names_the_flag(trained, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'nowhere \(--checkpoint\)'):
+    predictor.Predictor(trained['config'], str(tmp_path / 'nowhere'))

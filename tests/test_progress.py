@@ -31,7 +31,23 @@ def test_rate_and_eta_leave_out_compilation_and_evaluation():
   clock.now += 5  # steps 11..20 at 2 steps/s
   rate, eta = tracker.close_interval(20)
   assert rate == 2.0
-  assert eta == 20 / 2 + 4 * 5  # epochs 2 (pending), 3, 4 and the final evaluation, 5 s each
+  # The ETA's rate is smoothed: 0.7 x 1 + 0.3 x 2 steps/s; then epochs 2 (pending), 3, 4 and the
+  # final evaluation, 5 s each.
+  assert eta == 20 / 1.3 + 4 * 5
+
+
+def test_one_slow_interval_moves_the_eta_less_than_it_would_alone():
+  clock = FakeClock()
+  tracker = progress.Progress(total_steps=1000, steps_per_epoch=1000, num_epochs=1,
+                              eval_every_epochs=1, line_every_seconds=30, clock=clock)
+  tracker.resume(0)
+  for step in range(100, 600, 100):
+    clock.now += 10  # 10 steps/s
+    tracker.close_interval(step)
+  clock.now += 100  # one interval at 1 step/s
+  rate, eta = tracker.close_interval(600)
+  assert rate == 1.0
+  assert eta == 400 / (0.7 * 10 + 0.3 * 1)  # not 400 s, as the last interval alone would say
 
 
 def test_lines_inside_an_epoch_come_on_time():
@@ -56,17 +72,28 @@ def test_evaluations_after():
 
 def summary(map_at_half, seconds=2.0):
   thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-  result = evaluation_report.summarize(np.asarray([0.7, 0.6, 0.5, 0.5, map_at_half, 0.3, 0.2]),
-                               thresholds)
-  result['seconds'] = seconds
+  result = evaluation_report.EvaluationSummary.of(
+      np.asarray([0.7, 0.6, 0.5, 0.5, map_at_half, 0.3, 0.2]), thresholds)
+  result.seconds = seconds
   return result
 
 
 def test_evaluation_line_marks_the_new_best():
   line = evaluation_report.evaluation_line(summary(0.4), epoch=3, split='test', metric='map@0.5',
-                                   best=0.4, best_epoch=3)
-  assert line == 'epoch 3 test | mAP@0.5 40.00 | avg 0.1:0.7 45.71 | new best | 2.0 s'
+                                           best=0.4, best_epoch=3, dataset='thumos14')
+  assert line == 'epoch 3 test | mAP_0.50 40.00 | mAP_avg_0.1_0.7 45.71 | new best | 2.0 s'
   line = evaluation_report.evaluation_line(summary(0.3), epoch=4, split='heldout', metric='map@0.5',
-                                   best=0.4, best_epoch=3)
-  assert line == ('epoch 4 heldout | mAP@0.5 30.00 | avg 0.1:0.7 44.29 | '
+                                           best=0.4, best_epoch=3, dataset='thumos14')
+  assert line == ('epoch 4 heldout | mAP_0.50 30.00 | mAP_avg_0.1_0.7 44.29 | '
                   'best map@0.5 40.00 at epoch 3 | 2.0 s')
+
+
+def test_a_zero_map_early_says_why():
+  note = evaluation_report.early_zero_note(3, 210, 0.1)
+  line = evaluation_report.evaluation_line(summary(0.0), epoch=1, split='test', metric='map@0.5',
+                                           best=0.0, best_epoch=1, dataset='thumos14', note=note)
+  assert line.startswith('epoch 1 test | mAP_0.50 0.00 (0: 3 of 210 videos have a class above '
+                         'eval.class_score_thresh=0.1 yet; usual in the first epochs) | ')
+  line = evaluation_report.evaluation_line(summary(0.3), epoch=9, split='test', metric='map@0.5',
+                                           best=0.4, best_epoch=3, dataset='thumos14', note=note)
+  assert 'usual' not in line

@@ -18,6 +18,7 @@ from backtal_jax.data import pipeline
 from backtal_jax.evaluation import mean_ap
 from backtal_jax.run import checkpoint
 from backtal_jax.run import evaluate_only
+from backtal_jax.run import final_report
 from backtal_jax.run import stop_signals
 from backtal_jax.run import train
 from backtal_jax.run import train_state
@@ -81,7 +82,7 @@ def test_two_epochs_end_to_end(uninterrupted, testbed):
   config.data.features_root = testbed
   config.eval.only = True
   summary = evaluate_only.evaluate_checkpoint(config, str(workdir))  # WORKDIR/best by default
-  np.testing.assert_allclose(summary['mAP'], results['mAP'], rtol=0, atol=1e-12)
+  np.testing.assert_allclose(summary.mAP, results['mAP'], rtol=0, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -95,7 +96,7 @@ def test_evaluation_only_writes_results_and_no_checkpoint_folders(uninterrupted,
   summary = evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
   results = json.loads((tmp_path / 'eval' / 'results.json').read_text())
   assert results['checkpoint'] == config.eval.checkpoint
-  assert results['mAP'] == summary['mAP']
+  assert results['mAP'] == summary.mAP
   assert sorted(p.name for p in (tmp_path / 'eval').iterdir()) == [  # LOCK: held while it ran
       'LOCK', 'config.json', 'config.txt', 'detections', 'logs', 'plots', 'results.json',
       'run.json']
@@ -128,19 +129,48 @@ def test_evaluation_of_a_missing_checkpoint_creates_nothing(testbed, tmp_path):
   config.data.features_root = testbed
   config.eval.only = True
   config.eval.checkpoint = str(tmp_path / 'nowhere')
-  with pytest.raises(FileNotFoundError, match='No checkpoint folder at .*nowhere'):
+  with pytest.raises(FileNotFoundError,
+                     match=r'No checkpoint folder at .*nowhere \(config.eval.checkpoint\)'):
     evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
   assert not (tmp_path / 'nowhere').exists()
+  config.eval.checkpoint = ''  # the default: the workdir's best/
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint folder at .*eval/best \(the run's "
+                                              r'best/\)'):
+    evaluate_only.evaluate_checkpoint(config, str(tmp_path / 'eval'))
 
 
 @pytest.mark.slow
 def test_resume_after_epoch_one_is_bit_identical(tmp_path, testbed, uninterrupted):
   reference, _ = uninterrupted
   run(tmp_path, testbed, 'stopped', num_epochs=1)
-  resumed, _ = run(tmp_path, testbed, 'stopped')
+  resumed, workdir = run(tmp_path, testbed, 'stopped')
   assert int(resumed.step) == int(reference.step)
   for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference))):
     np.testing.assert_array_equal(ours, ref)
+  # TensorBoard: the resumed invocation evaluated epoch 1 again (its checkpoint comes before its
+  # evaluation), yet no point is there twice, and the config and HParams are there once.
+  event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+  assert len(list((workdir / 'tensorboard').glob('events.out.tfevents.*'))) == 2
+  events = event_accumulator.EventAccumulator(
+      str(workdir / 'tensorboard'), size_guidance={event_accumulator.SCALARS: 0,
+                                                   event_accumulator.TENSORS: 0}).Reload()
+  for tag in events.Tags()['scalars']:
+    steps = [e.step for e in events.Scalars(tag)]
+    assert len(steps) == len(set(steps)), tag
+  assert [e.step for e in events.Scalars('test/mAP_0.50')] == [3, 6]
+  assert len(events.Tensors('config')) == len(events.Tensors('_hparams_/session_start_info')) == 1
+
+
+@pytest.mark.slow
+def test_a_finished_run_started_again_stops_at_once(uninterrupted, testbed):
+  _, workdir = uninterrupted
+  config = debug_config()
+  config.data.features_root = testbed
+  before = sorted(p.name for p in workdir.rglob('*'))
+  assert train.train_and_evaluate(config, str(workdir)) is None
+  assert sorted(p.name for p in workdir.rglob('*')) == before  # not even a log file
+  config.train.num_epochs = 3  # a longer run is not finished: it would resume
+  assert not final_report.is_finished(config, str(workdir))
 
 
 class PreemptedAfter:
@@ -176,7 +206,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_identically(tmp_path, testbed, 
   manager = checkpoint.Checkpoints(str(tmp_path / 'preempted'))
   _, record = manager.restore_latest(reference)
   manager.close()
-  assert pipeline.DataPosition.from_dict(record['position']) == pipeline.DataPosition(1, 1)
+  assert record.position == pipeline.DataPosition(1, 1)
   monkeypatch.undo()
   resumed, _ = run(tmp_path, testbed, 'preempted')
   for ours, ref in zip(jax.tree.leaves(params_of(resumed)), jax.tree.leaves(params_of(reference))):

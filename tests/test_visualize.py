@@ -1,5 +1,7 @@
 """Plots draw exactly what post-processing thresholded, and everything needed to read them."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,46 @@ def test_png_is_written_and_unannotated_videos_plot(tmp_path):
       tmp_path / 'v.png', inputs, vid_name='v', frame_num=FRAME_NUM, duration=DURATION,
       class_names=CLASS_NAMES, detections=[], config=thumos.get_config('debug'))
   assert data[:8] == b'\x89PNG\r\n\x1a\n' and (tmp_path / 'v.png').read_bytes() == data
+
+
+def test_detections_say_true_or_false_positive_and_their_proposal(recorded_detection):
+  config, inputs, clicks_T, detections, _ = recorded_detection
+  figure = visualize.video_figure(
+      inputs, vid_name='video_test_1', frame_num=FRAME_NUM, duration=DURATION,
+      class_names=CLASS_NAMES, detections=detections, config=config,
+      instances=[annotations.Instance(start=20.0, end=30.0, label=1)], click_labels_T=clicks_T,
+      ground_truth_given=True)
+  figure.canvas.draw()
+  texts = [t.get_text() for ax in figure.axes for t in ax.texts if t.get_gid() == 'label']
+  assert any(' TP ' in t for t in texts) and any(' FP ' in t for t in texts)
+  assert all(re.search(r' (CAS|magnitude) >= [0-9.]+$| whole video$', t) for t in texts)
+  _, sources = postprocess.detections_and_sources(
+      inputs['cas'], inputs['scores'], inputs['feature_norm'][:, None], frame_num=FRAME_NUM,
+      duration=DURATION, class_names=CLASS_NAMES, config=config)
+  assert {s.split(' >= ')[0] for s in sources} == {'CAS', 'magnitude'}  # both kinds occur
+  for ax in figure.axes:  # within each panel no two score labels overlap
+    boxes = [t.get_window_extent() for t in ax.texts if t.get_gid() == 'label']
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+  legend = [t.get_text() for t in figure.legends[0].get_texts()]
+  assert {'true positive (tIoU >= 0.5)', 'false positive'} <= set(legend)
+
+
+def test_true_positives_match_each_instance_once_best_score_first():
+  truth = [annotations.Instance(start=0.0, end=10.0, label=0)]
+  detections = [{'segment': [0.0, 9.0], 'score': 0.5}, {'segment': [0.0, 10.0], 'score': 0.9},
+                {'segment': [50.0, 60.0], 'score': 0.7}]
+  assert visualize.true_positives(detections, truth) == [False, True, False]
+
+
+def test_a_video_without_detections_names_the_best_class_score():
+  inputs, _ = video_inputs()
+  inputs['scores'] = np.asarray([0.02, 0.08, 0.05, 0.03, 0.82], np.float32)
+  config = thumos.get_config()
+  assert postprocess.detect_video(
+      inputs['cas'], inputs['scores'], inputs['feature_norm'][:, None], frame_num=FRAME_NUM,
+      duration=DURATION, class_names=CLASS_NAMES, config=config) == []
+  figure = visualize.video_figure(inputs, vid_name='v', frame_num=FRAME_NUM, duration=DURATION,
+                                  class_names=CLASS_NAMES, detections=[], config=config)
+  assert figure._suptitle.get_text() == (
+      'v (60.0 s): no detection: no class reached the class-score threshold 0.25 (best: throw, '
+      '0.080)')

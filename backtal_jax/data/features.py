@@ -293,7 +293,7 @@ class FileHeader:
   """What a feature file says about itself, read without its features."""
 
   vid_name: str | None  # None when the file stores no `vid_name`
-  num_snippets: int  # T as stored
+  num_snippets: int  # S, as stored
   frame_num: int | None  # None when absent, as the metadata below
   fps: float | None
   duration: float | None

@@ -95,36 +95,24 @@ def selection_metric_problems(name: str, tiou_thresholds: Sequence[float]) -> li
           f'among config.eval.tiou_thresholds {list(tiou_thresholds)}']
 
 
-def selection_metric(summary: dict, name: str) -> float:
-  """'average' (mean over the scored tIoUs) or 'map@X' (mAP at tIoU X), as the official code."""
-  index = _metric_tiou(name, summary['tiou'])
+def selection_metric(summary: evaluation_report.EvaluationSummary, name: str) -> float:
+  """'average' (mean over the scored tIoUs, the official code's average mAP) or 'map@X' (mAP at
+  tIoU X), as the official code."""
+  index = _metric_tiou(name, summary.tiou)
   if index is None:
-    raise errors.UserError(selection_metric_problems(name, summary['tiou'])[0])
-  return summary['average_mAP']['all scored'] if index == -1 else summary['mAP'][index]
-
-
-def videos_missing_from(detections: dict, split: datasets.EvalSplit) -> list[str]:
-  """Videos with detections that the split's ground-truth subset lacks: their detections can only
-  be false positives."""
-  videos = split.ground_truth.videos
-  return sorted(name for name in detections
-                if name not in videos or videos[name].subset != split.subset)
+    raise errors.UserError(selection_metric_problems(name, summary.tiou)[0])
+  return float(np.mean(summary.mAP)) if index == -1 else summary.mAP[index]
 
 
 def score_detections(detections: dict, split: datasets.EvalSplit,
-                     config: ml_collections.ConfigDict) -> dict:
-  """mAP per tIoU and the quoted averages; the selection metric under 'selection'."""
-  missing = videos_missing_from(detections, split)
-  if missing:
-    logging.warning('%d of %d videos are not in subset %r of %s, so their detections count as '
-                    'false positives: %s', len(missing), len(detections), split.subset,
-                    split.ground_truth.path, ', '.join(missing))
+                     config: ml_collections.ConfigDict) -> evaluation_report.EvaluationSummary:
+  """mAP per tIoU and the reported averages; the selection metric under `selection`."""
   thresholds = tuple(config.eval.tiou_thresholds)
   map_U, _ = mean_ap.detection_map(split.ground_truth_json,
                                    evaluation_report.detections_file(detections),
                                    subset=split.subset, tiou_thresholds=thresholds)
-  summary = evaluation_report.summarize(map_U, thresholds)
-  summary['selection'] = selection_metric(summary, config.train.selection_metric)
+  summary = evaluation_report.EvaluationSummary.of(map_U, thresholds)
+  summary.selection = selection_metric(summary, config.train.selection_metric)
   return summary
 
 
@@ -132,7 +120,7 @@ def score_detections(detections: dict, split: datasets.EvalSplit,
 class Scored:
   """One evaluation before anything is written: its summary, the detections and the plot inputs
   of the videos `Evaluator.detect` kept."""
-  summary: dict
+  summary: evaluation_report.EvaluationSummary
   detections: dict[str, list]
   kept: dict[str, dict[str, np.ndarray]]
 
@@ -147,12 +135,12 @@ class Evaluator:
     self.is_lead = jax.process_index() == 0
     self._eval_fn = jit_eval_step(model, mesh)
 
-  def detect(self, params, source: pipeline.Source, class_names, keep: int = 0,
-             names: Sequence[str] = (), batch_size: int = 0
+  def detect(self, params, source: pipeline.Source, class_names, num_plots: int = 0,
+             plot_videos: Sequence[str] = (), batch_size: int = 0
              ) -> tuple[dict[str, list], dict[str, dict[str, np.ndarray]]]:
     """Detections of every video of `source`, gathered from all processes, and, for plots, what
     post-processing read (cas, scores, feature_norm, frame_num, duration, click_labels) of the
-    first `keep` videos this process read and of the videos named in `names`. `batch_size`:
+    first `num_plots` videos this process read and of those named in `plot_videos`. `batch_size`:
     global videos per step (0: config.eval.batch_size)."""
     config = self.config
     detections, kept = {}, {}
@@ -171,76 +159,78 @@ class Evaluator:
             outputs['cas'][row], outputs['scores'][row], outputs['feature_norm'][row][:, None],
             frame_num=video.frame_num, duration=video.duration, class_names=class_names,
             config=config)
-        if len(kept) < keep or video.vid_name in names:
+        if len(kept) < num_plots or video.vid_name in plot_videos:
           kept[video.vid_name] = {**{k: v[row] for k, v in outputs.items()},
                                   'frame_num': video.frame_num, 'duration': video.duration,
                                   'click_labels': batch['click_labels'][row]}
     return gather_from_processes(detections), kept
 
-  def evaluate(self, params, split: datasets.EvalSplit, tag: str, plots: int = 0,
-               plot_videos: Sequence[str] = ()) -> dict:
-    """mAP of `params` on `split`; detections JSON under the workdir, and PNGs of `plots` videos
-    and of those named in `plot_videos`. The caller logs the result (one line or a table)."""
-    return self.report(self.score(params, split, plots, plot_videos), split, tag, plots,
+  def evaluate(self, params, split: datasets.EvalSplit, tag: str, num_plots: int = 0,
+               plot_videos: Sequence[str] = ()) -> evaluation_report.EvaluationSummary:
+    """mAP of `params` on `split`; detections JSON under the workdir, and PNGs of `num_plots`
+    videos and of those named in `plot_videos`. The caller logs the result (a line or a table)."""
+    return self.report(self.score(params, split, num_plots, plot_videos), split, tag, num_plots,
                        plot_videos)
 
-  def score(self, params, split: datasets.EvalSplit, keep: int = 0,
+  def score(self, params, split: datasets.EvalSplit, num_plots: int = 0,
             plot_videos: Sequence[str] = ()) -> Scored:
-    """`params` on `split`, keeping the plot inputs of `keep` videos and of the named ones."""
+    """`params` on `split`, keeping the plot inputs of `num_plots` videos and of the named
+    ones."""
     started = time.monotonic()
-    detections, kept = self.detect(params, split.source, split.ground_truth.class_names, keep,
-                                   plot_videos)
+    detections, kept = self.detect(params, split.source, split.ground_truth.class_names,
+                                   num_plots, plot_videos)
     summary = score_detections(detections, split, self.config)
-    summary['seconds'] = time.monotonic() - started
+    summary.seconds = time.monotonic() - started
     return Scored(summary, detections, kept)
 
-  def report(self, scored: Scored, split: datasets.EvalSplit, tag: str, plots: int = 0,
-             plot_videos: Sequence[str] = ()) -> dict:
+  def report(self, scored: Scored, split: datasets.EvalSplit, tag: str, num_plots: int = 0,
+             plot_videos: Sequence[str] = ()) -> evaluation_report.EvaluationSummary:
     """Writes what `evaluate` writes for a scored evaluation; plots the named videos, and with
-    `plots` also the kept others (the score's `keep`)."""
+    `num_plots` also the kept others (the score's `num_plots`)."""
     if self.is_lead:
       folder = epath.Path(self.workdir) / 'detections'
       folder.mkdir(parents=True, exist_ok=True)
       files.write_json_atomically(folder / f'{tag}.json',
                                   evaluation_report.detections_file(scored.detections))
       missing = sorted(set(plot_videos) - set(scored.detections))
-      if missing and plots:  # the final evaluation: named videos of no split end up here
+      if missing and num_plots:  # the final evaluation: named videos of no split end up here
         logging.warning('config.eval.plot_videos: %s not in the %s split; not plotted.', missing,
                         split.name)
-      kept = scored.kept if plots else {
+      kept = scored.kept if num_plots else {
           name: inputs for name, inputs in scored.kept.items() if name in plot_videos}
       self.plot(epath.Path(self.workdir) / 'plots' / tag, kept, scored.detections,
                 split.ground_truth.class_names, split.ground_truth.videos)
     return scored.summary
 
-  def plot(self, folder: epath.PathLike, kept: dict, detections: dict, class_names: Sequence[str],
-           videos: Mapping[str, annotations.Video]) -> None:
-    """PNGs of the `kept` videos in `folder`; ground-truth instances are drawn for the videos
+  def plot(self, plot_dir: epath.PathLike, kept: dict, detections: dict,
+           class_names: Sequence[str], videos: Mapping[str, annotations.Video]) -> None:
+    """PNGs of the `kept` videos in `plot_dir`; ground-truth instances are drawn for the videos
     found in `videos` (none for unannotated videos)."""
     if not kept:
       return
-    folder = epath.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    plot_dir = epath.Path(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
     for name, inputs in kept.items():
       video = videos.get(name)
       visualize.plot_video(
-          folder / f'{name}.png', inputs, vid_name=name, frame_num=inputs['frame_num'],
+          plot_dir / f'{name}.png', inputs, vid_name=name, frame_num=inputs['frame_num'],
           duration=inputs['duration'], class_names=class_names,
           detections=detections[name], config=self.config,
-          instances=video.instances if video else (), click_labels_T=inputs['click_labels'])
-    logging.info('Plots of %d videos in %s', len(kept), folder)
+          instances=video.instances if video else (), click_labels_T=inputs['click_labels'],
+          ground_truth_given=video is not None)
+    logging.info('Plots of %d videos in %s', len(kept), plot_dir)
 
   def plot_images(self, tag: str) -> dict[str, bytes]:
     """The PNGs `plot` wrote for `tag`, by video name (for TensorBoard)."""
-    folder = epath.Path(self.workdir) / 'plots' / tag
-    if not folder.exists():
+    plot_dir = epath.Path(self.workdir) / 'plots' / tag
+    if not plot_dir.exists():
       return {}
-    return {path.stem: path.read_bytes() for path in sorted(folder.glob('*.png'))}
+    return {path.stem: path.read_bytes() for path in sorted(plot_dir.glob('*.png'))}
 
-  def write_results(self, summary: dict, **record: Any) -> None:
+  def write_results(self, summary: evaluation_report.EvaluationSummary, **record: Any) -> None:
     """results.json in the workdir: what picked the model, then its test summary."""
     if self.is_lead:
       files.write_json_atomically(epath.Path(self.workdir) / 'results.json',
-                                      {**record, **summary})
+                                  {**record, **summary.to_json()})
 
 

@@ -205,6 +205,25 @@ def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH:
                  frame_num: int, duration: float, class_names: Sequence[str],
                  config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """Detections of one video in the ActivityNet results format, as the official code makes them.
+  Arguments as for `detections_and_sources`."""
+  return detections_and_sources(cas_TxC1, video_scores_C1, feature_TxH, frame_num=frame_num,
+                                duration=duration, class_names=class_names, config=config)[0]
+
+
+def proposal_sources(eval_config: ml_collections.ConfigDict) -> list[str]:
+  """What made the proposals of each threshold row of `class_proposal_masks`, in its order."""
+  sources = [f'CAS >= {t:.3g}' for t in cas_thresholds(eval_config)]
+  if eval_config.feature_proposals:
+    sources += [f'magnitude >= {t:.3g}' for t in feature_thresholds(eval_config)]
+  return sources
+
+
+def detections_and_sources(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray,
+                           feature_TxH: np.ndarray, *, frame_num: int, duration: float,
+                           class_names: Sequence[str], config: ml_collections.ConfigDict
+                           ) -> tuple[list[dict[str, Any]], list[str]]:
+  """`detect_video`'s detections, and beside each the proposal that made it: a class's CAS
+  threshold, a class-agnostic feature-magnitude threshold, or the whole video (for plots).
 
   Args:
     cas_TxC1: raw class activation sequence [T, C+1] (last column: background).
@@ -220,7 +239,7 @@ def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH:
   video_scores_C = np.asarray(video_scores_C1, np.float32)[:-1]
   confident = np.nonzero(video_scores_C >= np.float32(eval_config.class_score_thresh))[0]
   if confident.size == 0 or frame_num <= 0:
-    return []
+    return [], []
   scores_LxA, magnitudes_L = proposal_signals(cas_TxC1, feature_TxH, confident,
                                                frame_num=frame_num, eval_config=eval_config)
   masks_AxRxL, values_AxRxL = class_proposal_masks(scores_LxA, magnitudes_L, eval_config)
@@ -240,19 +259,23 @@ def detect_video(cas_TxC1: np.ndarray, video_scores_C1: np.ndarray, feature_TxH:
   whole_video_score = (eval_config.whole_video_score if eval_config.whole_video_proposals
                        else None)
   nms_thresh = eval_config.nms_thresh
-  detections = []
+  row_sources = proposal_sources(eval_config)
+  detections, sources = [], []
   for k, class_id in enumerate(confident):
     members = np.nonzero(class_of_proposal == k)[0]
     if members.size == 0:
       continue
     class_scores, class_starts, class_ends = scores[members], starts[members], ends[members]
+    class_sources = [row_sources[r] for r in rows[members] % num_rows]
     if whole_video_score is not None:
       class_scores = np.concatenate([class_scores, [whole_video_score]])
       class_starts = np.concatenate([class_starts, [0.0]])
       class_ends = np.concatenate([class_ends, [float(duration)]])
+      class_sources.append('whole video')
     kept = nms_1d(class_scores, class_starts, class_ends, nms_thresh)
     name = class_names[class_id]
     detections.extend(
         {'label': name, 'segment': [float(class_starts[i]), float(class_ends[i])],
          'score': float(class_scores[i])} for i in kept)
-  return detections
+    sources.extend(class_sources[i] for i in kept)
+  return detections, sources

@@ -1,5 +1,6 @@
 """What a run tells people: console logs and progress, TensorBoard event files, the run's records
-(config, versions, phase times), and the mAP tables and averages of an evaluation.
+(config, versions, phase times), and what an evaluation reports: each number's one name
+(averages.py), the summary, the tables.
 
 May import the ground floor (backtal_jax.core) only.
 """

@@ -1,36 +1,45 @@
-"""What an evaluation reports: the averages users quote, the summary, tables and console lines."""
+"""What an evaluation reports: the summary (names from averages.py), counts, tables and console
+lines."""
 
+import collections
+import dataclasses
 from typing import Any
+from typing import Mapping
 from typing import Sequence
 
-import numpy as np
-
-DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-# Averages users quote: THUMOS14 papers 0.1:0.7 and 0.3:0.7, the official THUMOS14 print 0.1:0.9,
-# ActivityNet 0.5:0.95.
-QUOTED_AVERAGES = {
-    '0.1:0.7': (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-    '0.3:0.7': (0.3, 0.4, 0.5, 0.6, 0.7),
-    '0.1:0.9': (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-    '0.5:0.95': (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95),
-}
+from backtal_jax.reporting import averages
 
 
-def quoted_averages(map_U: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
-  """The quoted averages whose thresholds were all scored, and the mean over all of them."""
-  averages = {}
-  for name, wanted in QUOTED_AVERAGES.items():
-    picks = [np.flatnonzero(np.isclose(thresholds, t)) for t in wanted]
-    if all(p.size for p in picks):
-      averages[name] = float(np.mean([map_U[p[0]] for p in picks]))
-  averages['all scored'] = float(map_U.mean())
-  return averages
+@dataclasses.dataclass
+class EvaluationSummary:
+  """What every evaluation reports, under the names of `averages`: mAP per tIoU, the quoted
+  averages scored, and for training and evaluation-only runs the selection metric's value and the
+  seconds taken. Written into results.json and `evaluate --output_json` by `to_json`."""
+  tiou: list[float]
+  mAP: list[float]
+  average_mAP: dict[str, float]
+  selection: float | None = None  # config.train.selection_metric's value (training only)
+  seconds: float | None = None  # detection and scoring, wall-clock
 
+  @classmethod
+  def of(cls, map_U: Sequence[float], thresholds: Sequence[float]) -> 'EvaluationSummary':
+    return cls(tiou=[float(t) for t in thresholds], mAP=[float(m) for m in map_U],
+               average_mAP=averages.averages(map_U, thresholds))
 
-def summarize(map_U: np.ndarray, thresholds: Sequence[float]) -> dict[str, Any]:
-  """The summary every evaluation reports: mAP per tIoU and the quoted averages."""
-  return {'tiou': list(thresholds), 'mAP': [float(m) for m in map_U],
-          'average_mAP': quoted_averages(map_U, thresholds)}
+  def scalars(self) -> dict[str, float]:
+    """Every reported number by its name: what TensorBoard, the table and the tests compare."""
+    return {**{averages.tiou_name(t): m for t, m in zip(self.tiou, self.mAP)},
+            **self.average_mAP}
+
+  def to_json(self) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> 'EvaluationSummary':
+    """Also reads the summaries of earlier versions (averages under their legacy names)."""
+    return cls(tiou=list(data['tiou']), mAP=list(data['mAP']),
+               average_mAP=averages.upgrade_names(data['average_mAP']),
+               selection=data.get('selection'), seconds=data.get('seconds'))
 
 
 def detections_file(detections: dict[str, list]) -> dict[str, Any]:
@@ -38,18 +47,56 @@ def detections_file(detections: dict[str, list]) -> dict[str, Any]:
   return {'version': 'backtal_jax', 'results': detections, 'external_data': {}}
 
 
-def format_table(summary: dict[str, Any]) -> str:
-  """Plain-text table, mAP in percent."""
-  rows = [(f'{t:.2f}', m) for t, m in zip(summary['tiou'], summary['mAP'])]
-  rows += [(f'avg {name}', m) for name, m in summary['average_mAP'].items()]
-  return '\n'.join([f'{"tIoU":>14}  mAP (%)'] + [f'{k:>14}  {100 * m:7.2f}' for k, m in rows])
+def format_table(summary: EvaluationSummary) -> str:
+  """Plain-text table of every reported number by its name, mAP in percent."""
+  rows = summary.scalars().items()
+  width = max(len(name) for name, _ in rows)
+  return '\n'.join([f'{"":<{width}}  mAP (%)'] + [f'{k:<{width}}  {100 * m:7.2f}' for k, m in rows])
 
 
-def format_counts(summary: dict[str, Any]) -> str:
-  return (f'ground truth: {summary["ground_truth_instances"]} instances in '
-          f'{summary["ground_truth_videos"]} videos of subset {summary["subset"]!r}; predictions: '
-          f'{summary["predictions"]} in {summary["predicted_videos"]} videos, '
-          f'{summary["predictions_scored"]} scored')
+def counts(ground_truth: Mapping[str, Any], predictions: Mapping[str, Any],
+           subset: str) -> dict[str, Any]:
+  """Instances and predictions counted, per class too, and the predicted videos outside the
+  subset (parsed ground-truth and results JSON); `evaluate` and `predict` both report these."""
+  database, results = ground_truth['database'], predictions['results']
+  in_subset = {v for v, entry in database.items() if entry.get('subset') == subset}
+  truth = collections.Counter(a['label'] for v in in_subset
+                              for a in database[v].get('annotations', ()))
+  scored = collections.Counter(d['label'] for v, found in results.items() if v in in_subset
+                               for d in found)
+  return {
+      'ground_truth_videos': len(in_subset),
+      'ground_truth_instances': sum(truth.values()),
+      'predicted_videos': len(results),
+      'predictions': sum(len(found) for found in results.values()),
+      'predictions_in_subset': sum(scored.values()),
+      'videos_absent_from_ground_truth': sorted(v for v in results if v not in database),
+      'videos_of_other_subsets': sorted(v for v in results if v in database and v not in in_subset),
+      'per_class_counts': {c: {'ground_truth': truth[c], 'predictions': scored[c]}
+                           for c in sorted(truth)},
+  }
+
+
+def outside_subset_warnings(counted: dict[str, Any], subset: str, shown: int = 5) -> list[str]:
+  """One warning per kind of predicted video the subset lacks. The official evaluator counts
+  their predictions as false positives, so a wrong --subset or file shows up here, not only as a
+  low mAP."""
+  warnings = []
+  for key, what in (('videos_absent_from_ground_truth', 'absent from the ground truth'),
+                    ('videos_of_other_subsets', f'not in subset {subset!r}')):
+    videos = counted[key]
+    if videos:
+      more = f' and {len(videos) - shown} more' if len(videos) > shown else ''
+      warnings.append(f'warning: {len(videos)} predicted videos are {what}; their predictions '
+                      f'count as false positives: {", ".join(videos[:shown])}{more}')
+  return warnings
+
+
+def format_counts(counted: dict[str, Any], subset: str) -> str:
+  return (f'ground truth: {counted["ground_truth_instances"]} instances in '
+          f'{counted["ground_truth_videos"]} videos of subset {subset!r}; predictions: '
+          f'{counted["predictions"]} in {counted["predicted_videos"]} videos, '
+          f'{counted["predictions_in_subset"]} of them in videos of the subset')
 
 
 def format_per_class(summary: dict[str, Any]) -> str:
@@ -65,24 +112,37 @@ def format_per_class(summary: dict[str, Any]) -> str:
   return '\n'.join(rows)
 
 
-def headline_average(summary: dict[str, Any]) -> tuple[str, float]:
-  """The first quoted average that was scored (THUMOS14: 0.1:0.7; ActivityNet: 0.5:0.95)."""
-  return next(iter(summary['average_mAP'].items()))
+def headline_average(summary: EvaluationSummary, dataset: str) -> tuple[str, float] | None:
+  """The dataset's first reported average that was scored (THUMOS14: 0.1:0.7; ActivityNet:
+  0.5:0.95), else the first scored; None when none was."""
+  names = [n for n in averages.DATASET_AVERAGES.get(dataset, ()) if n in summary.average_mAP]
+  names += list(summary.average_mAP)
+  return (names[0], summary.average_mAP[names[0]]) if names else None
 
 
-def evaluation_line(summary: dict[str, Any], *, epoch: int, split: str, metric: str,
-                    best: float, best_epoch: int) -> str:
-  """One line per evaluation: mAP@0.5, the headline average, and the best so far by `metric`
-  (the selection metric), marked 'new best' when it is this epoch."""
-  at_half = np.flatnonzero(np.isclose(summary['tiou'], 0.5))
+def early_zero_note(videos_detected: int, videos: int, class_score_thresh: float) -> str:
+  """Why mAP@0.5 reads 0 in the first epochs: few videos have a class whose video score passes
+  the threshold yet, so there is little or nothing to score."""
+  return (f'(0: {videos_detected} of {videos} videos have a class above '
+          f'eval.class_score_thresh={class_score_thresh:g} yet; usual in the first epochs)')
+
+
+def evaluation_line(summary: EvaluationSummary, *, epoch: int, split: str, metric: str,
+                    best: float, best_epoch: int, dataset: str = '', note: str = '') -> str:
+  """One line per evaluation: mAP@0.5 (with `note` when it is 0), the dataset's headline
+  average, and the best so far by `metric` (the selection metric), marked 'new best' when it is
+  this epoch."""
   parts = [f'epoch {epoch} {split}']
-  if at_half.size:
-    parts.append(f'mAP@0.5 {100 * summary["mAP"][int(at_half[0])]:.2f}')
-  name, average = headline_average(summary)
-  parts.append(f'avg {name} {100 * average:.2f}')
+  at_half = averages.map_at(summary.mAP, summary.tiou, 0.5)
+  if at_half is not None:
+    parts.append(f'{averages.tiou_name(0.5)} {100 * at_half:.2f}'
+                 + (f' {note}' if note and at_half == 0 else ''))
+  headline = headline_average(summary, dataset)
+  if headline:
+    parts.append(f'{headline[0]} {100 * headline[1]:.2f}')
   if best_epoch == epoch:
     parts.append('new best')
   else:
     parts.append(f'best {metric} {100 * best:.2f} at epoch {best_epoch}')
-  parts.append(f'{summary["seconds"]:.1f} s')
+  parts.append(f'{summary.seconds:.1f} s')
   return ' | '.join(parts)

@@ -87,6 +87,20 @@ def config_markdown(config: ml_collections.ConfigDict) -> str:
   return f'```\n{config}\n```'
 
 
+def hparams(config: ml_collections.ConfigDict) -> dict[str, str | float | bool]:
+  """Every config field by its dotted name, for TensorBoard's HParams dashboard: numbers and
+  booleans as they are, anything else (strings, tuples, unset placeholders) as text."""
+  def flat(values: dict, prefix: str):
+    for key, value in values.items():
+      if isinstance(value, dict):
+        yield from flat(value, f'{prefix}{key}.')
+      elif isinstance(value, (bool, int, float)):
+        yield f'{prefix}{key}', value
+      else:
+        yield f'{prefix}{key}', str(value)
+  return dict(flat(config.to_dict(), ''))
+
+
 def versions(libraries: Sequence[str] = LIBRARIES) -> dict[str, str]:
   """Python's version and each installed library's ('not installed' for the others)."""
   found = {'python': sys.version.split()[0]}

@@ -1,10 +1,13 @@
 """Orbax checkpoints of backtal_jax runs: the latest states to resume from, and the best parameters.
 
-Every restore first compares the stored parameter shapes with the config's model
-(`official_weights.check_param_shapes`), and official .pth files are read through
-`official_weights`, so that `restore_params` takes either.
+Folders say where they belong: `best/epoch_39` is the best epoch's parameters (folders of earlier
+versions, named by step such as `best/507`, are read too), and `checkpoints/epochs.json` maps each
+step folder of `checkpoints/` to its epoch. Every restore first compares the stored parameter
+shapes with the config's model (`official_weights.check_param_shapes`), and official .pth files
+are read through `official_weights`, so that `restore_params` takes either.
 """
 
+import json
 from typing import Any
 
 from absl import logging
@@ -15,28 +18,33 @@ import orbax.checkpoint as ocp
 from backtal_jax.core import errors
 from backtal_jax.core import files
 from backtal_jax.model import official_weights
+from backtal_jax.run import history as history_lib
 
-# official name -> (flax path, kernel size of the Conv1d, has a bias)
-
-# (layer whose output width, layer whose input width) must agree
-# layers that read the input features
+BEST_PREFIX = 'epoch'  # best/ folders are named epoch_<epoch>
+EPOCHS_FILE = 'epochs.json'  # in checkpoints/: step folder -> epoch
 
 
-def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
+def step_path(directory: epath.Path, step: int, prefix: str | None = None) -> epath.Path:
+  """The folder of `step` under `directory`: `507`, or `epoch_39` with the prefix 'epoch'."""
+  return epath.Path(directory) / ocp.step.standard_name_format(step_prefix=prefix).build_name(step)
+
+
+def stored_param_shapes(step_dir: epath.Path) -> Any:
   """The parameter shapes of an orbax step, from its metadata (no array is read): best/ steps
   hold the parameters alone, checkpoints/ steps hold them inside the TrainState."""
-  step_dir = manager.directory / str(step)
   if (step_dir / 'params').exists():  # best/: the parameters alone
     return ocp.StandardCheckpointHandler().metadata(step_dir / 'params').tree
   return ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree['params']
 
 
 def saved_steps(folder: epath.Path) -> list[int]:
-  """The step numbers saved in an orbax folder (none if it is absent), read without a manager
-  (which would create the folder)."""
+  """The numbers of the steps saved in an orbax folder (none if it is absent): step folders
+  (`507`) and best/'s epoch folders (`epoch_39`), read without a manager (which would create the
+  folder)."""
   if not folder.is_dir():
     return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+  names = (p.name.removeprefix(f'{BEST_PREFIX}_') for p in folder.iterdir() if p.is_dir())
+  return sorted(int(name) for name in names if name.isdigit())
 
 
 def check_workdir(workdir: str, params_like: Any) -> None:
@@ -55,16 +63,12 @@ def check_workdir(workdir: str, params_like: Any) -> None:
   latest, best = saved_steps(root / 'checkpoints'), saved_steps(root / 'best')
   if best and not latest:
     raise errors.UserError(
-        f'{root / "best"} holds step {best[-1]} of an earlier run, but {root / "checkpoints"} '
+        f'{root / "best"} holds a checkpoint of an earlier run, but {root / "checkpoints"} '
         'holds no checkpoint: this run could not tell its own best from it. Move best/ away '
         '(with the results.json and detections/ beside it) or pick another --workdir.')
   if latest:
-    manager = ocp.CheckpointManager(root / 'checkpoints')
-    try:
-      official_weights.check_param_shapes(stored_param_shapes(manager, latest[-1]), params_like,
-                                          str(root / 'checkpoints' / str(latest[-1])))
-    finally:
-      manager.close()
+    step_dir = step_path(root / 'checkpoints', latest[-1])
+    official_weights.check_param_shapes(stored_param_shapes(step_dir), params_like, str(step_dir))
 
 
 class Checkpoints:
@@ -81,7 +85,9 @@ class Checkpoints:
     self.latest = ocp.CheckpointManager(
         root / 'checkpoints', options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
     self.best = ocp.CheckpointManager(
-        root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1))
+        root / 'best', options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                                            step_prefix=BEST_PREFIX))
+    self.is_lead = jax.process_index() == 0
 
   @staticmethod
   def _save(manager: ocp.CheckpointManager, step: int, **items: Any) -> None:
@@ -89,32 +95,57 @@ class Checkpoints:
       return
     manager.save(step, args=ocp.args.Composite(**items))
 
-  def save(self, state: Any, record: dict, *, is_best: bool = False) -> None:
+  def save(self, state: Any, record: history_lib.CheckpointRecord, *,
+           is_best: bool = False) -> None:
+    """The latest checkpoint at the state's step; with `is_best` also best/epoch_<epoch>."""
     step = int(jax.device_get(state.step))
     self._save(self.latest, step, state=ocp.args.StandardSave(state),
-               record=ocp.args.JsonSave(record))
+               record=ocp.args.JsonSave(record.to_json()))
     if is_best:
-      self._save(self.best, step, params=ocp.args.StandardSave(state.params),
-                 record=ocp.args.JsonSave(record))
+      self._save(self.best, record.epoch, params=ocp.args.StandardSave(state.params),
+                 record=ocp.args.JsonSave(record.to_json()))
+    if self.is_lead:
+      self._write_epochs(step, record.epoch)
+
+  def _write_epochs(self, step: int, epoch: int) -> None:
+    """checkpoints/epochs.json: the epoch of each step folder still kept."""
+    path = self.latest.directory / EPOCHS_FILE
+    epochs = json.loads(path.read_text()) if path.exists() else {}
+    kept = {str(s) for s in self.latest.all_steps()} | {str(step)}
+    files.write_json_atomically(path, {s: e for s, e in {**epochs, str(step): epoch}.items()
+                                       if s in kept})
+
+  def best_folder(self) -> epath.Path | None:
+    """The best epoch's folder (best/epoch_<epoch>), None before the first."""
+    step = self.best.latest_step()
+    return None if step is None else step_path(self.best.directory, step, BEST_PREFIX)
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def restore_latest(self, state_like: Any) -> tuple[Any, dict]:
+  def latest_record(self) -> history_lib.CheckpointRecord:
+    """The record of the latest checkpoint, read alone (no array)."""
+    record = self.latest.restore(self.latest.latest_step(), args=ocp.args.Composite(
+        record=ocp.args.JsonRestore())).record
+    return history_lib.CheckpointRecord.from_json(record)
+
+  def restore_latest(self, state_like: Any) -> tuple[Any, history_lib.CheckpointRecord]:
     """The latest checkpoint that restores, sharded like `state_like` (a TrainState or its
     abstract shapes): a damaged step (a file lost) is skipped, with a warning, for the one before
     it; the run then retrains from there."""
     failures = []
     for step in sorted(self.latest.all_steps(), reverse=True):
-      where = str(self.latest.directory / str(step))
-      official_weights.check_param_shapes(stored_param_shapes(self.latest, step),
-                                          state_like.params, where)
+      step_dir = step_path(self.latest.directory, step)
+      official_weights.check_param_shapes(stored_param_shapes(step_dir), state_like.params,
+                                          str(step_dir))
       try:
-        return restore(self.latest, step, state_like)
+        state, record = restore(self.latest, step, state_like)
       except Exception as e:  # pylint: disable=broad-except  (tensorstore raises plain Exception)
-        failures.append(f'{where}: {str(e).splitlines()[0][:200]}')
-        logging.warning('Checkpoint %s cannot be restored (%s); trying the one before it.', where,
-                        failures[-1])
+        failures.append(f'{step_dir}: {str(e).splitlines()[0][:200]}')
+        logging.warning('Checkpoint %s cannot be restored (%s); trying the one before it.',
+                        step_dir, failures[-1])
+        continue
+      return state, history_lib.CheckpointRecord.from_json(record)
     raise errors.UserError('No checkpoint of the run restores (damaged or incomplete):\n  '
                            + '\n  '.join(failures) + '\nRemove checkpoints/ and best/ to '
                            'start again, or pick another --workdir.')
@@ -147,29 +178,39 @@ def _params_from_step(manager: ocp.CheckpointManager, step: int, target: Any) ->
       partial_restore=True))).state['params']
 
 
-def restore_params(path: str, params_like: Any) -> Any:
+def _orbax_manager(path: str, step_prefix: str | None) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      epath.Path(path), options=ocp.CheckpointManagerOptions(step_prefix=step_prefix),
+      item_handlers={'params': ocp.StandardCheckpointHandler(),
+                     'state': ocp.PyTreeCheckpointHandler(),
+                     'record': ocp.JsonCheckpointHandler()})
+
+
+def restore_params(path: str, params_like: Any, flag: str = 'config.eval.checkpoint') -> Any:
   """Parameters to evaluate: from an official .pth file, or the newest step of an orbax folder
   (a run's workdir/best or workdir/checkpoints), sharded like `params_like` (parameters or their
-  abstract shapes)."""
+  abstract shapes). `flag`: where `path` came from (`--checkpoint`, `config.eval.checkpoint`, or
+  the run's best/), named by every error."""
   if str(path).endswith('.pth'):
     return official_weights.load_official_checkpoint(path, params_like)
   if not epath.Path(path).is_dir():  # checked first: a CheckpointManager would create the folder
-    raise FileNotFoundError(f'No checkpoint folder at {path} (config.eval.checkpoint): give an '
-                            'orbax folder such as WORKDIR/best, or an official .pth file')
-  manager = ocp.CheckpointManager(epath.Path(path), item_handlers={
-      'params': ocp.StandardCheckpointHandler(), 'state': ocp.PyTreeCheckpointHandler(),
-      'record': ocp.JsonCheckpointHandler()})
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{path} holds no orbax checkpoint step (config.eval.checkpoint)')
-    official_weights.check_param_shapes(stored_param_shapes(manager, step), params_like,
-                       str(manager.directory / str(step)))
+    raise FileNotFoundError(f'No checkpoint folder at {path} ({flag}): give an orbax folder such '
+                            'as WORKDIR/best, or an official .pth file')
+  for step_prefix in (BEST_PREFIX, None):  # best/epoch_39, else step folders (checkpoints/507)
+    manager = _orbax_manager(path, step_prefix)
     try:
-      return _params_from_step(manager, step,
-                               jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
-    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises plain Exception)
-      raise errors.UserError(f'{manager.directory / str(step)}: the parameters cannot be read '
-                             f'(damaged or incomplete: {str(e).splitlines()[0][:200]})') from None
-  finally:
-    manager.close()
+      step = manager.latest_step()
+      if step is None:
+        continue
+      step_dir = step_path(manager.directory, step, step_prefix)
+      official_weights.check_param_shapes(stored_param_shapes(step_dir), params_like,
+                                          f'{step_dir} ({flag})')
+      try:
+        return _params_from_step(manager, step,
+                                 jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like))
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore raises plain Exception)
+        raise errors.UserError(f'{step_dir} ({flag}): the parameters cannot be read (damaged or '
+                               f'incomplete: {str(e).splitlines()[0][:200]})') from None
+    finally:
+      manager.close()
+  raise FileNotFoundError(f'{path} holds no orbax checkpoint step ({flag})')

@@ -24,13 +24,14 @@ from backtal_jax.run import workdir_lock
 EVALUATION_FOLDER = 'evaluation'  # in a training's workdir: the evaluation-only run's outputs
 
 
-def restore_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh
-                  ) -> tuple[network.BackTAL, Any]:
+def restore_model(config: ml_collections.ConfigDict, path: str, mesh: jax.sharding.Mesh,
+                  flag: str) -> tuple[network.BackTAL, Any]:
   """The model of `config` and its parameters, replicated on `mesh`, from an orbax folder (a run's
   best/ or checkpoints/) or an official .pth file; evaluation-only runs and prediction both load
-  theirs here."""
+  theirs here. `flag`: where `path` came from, for errors."""
   model = train_state.make_model(config)
-  params = checkpoint.restore_params(path, train_state.abstract_params(config, model, mesh))
+  params = checkpoint.restore_params(path, train_state.abstract_params(config, model, mesh),
+                                     flag)
   return model, jax.device_put(params, sharding.replicated_sharding(mesh))
 
 
@@ -42,7 +43,8 @@ def output_folder(workdir: str) -> epath.Path:
   return root / EVALUATION_FOLDER if trained else root
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
+                        ) -> evaluation_report.EvaluationSummary:
   """Evaluation only: config.eval.checkpoint (orbax folder or official .pth; default
   WORKDIR/best) on the test split, with detections, plots and results.json in `output_folder`.
   It holds WORKDIR's lock (so it waits for no training and none starts beside it), and writes
@@ -57,15 +59,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
       if problem:
         raise errors.UserError(problem)
     source = config.eval.checkpoint or str(epath.Path(workdir) / 'best')
-    model, params = restore_model(config, source, mesh)
+    model, params = restore_model(config, source, mesh, 'config.eval.checkpoint'
+                                  if config.eval.checkpoint else "the run's best/")
     test = datasets.open_datasets(config, workdir, ground_truth).test
     preflight.check_data(config, datasets.features_root(config, workdir), ground_truth)
     with run_records.recorded(config, str(output)):
       evaluator = evaluator_lib.Evaluator(config, model, mesh, str(output))
-      summary = evaluator.evaluate(params, test, 'evaluation', plots=config.eval.num_plots,
+      summary = evaluator.evaluate(params, test, 'evaluation', num_plots=config.eval.num_plots,
                                    plot_videos=config.eval.plot_videos)
       evaluator.write_results(summary, checkpoint=source)
     if evaluator.is_lead:
       logging.info('Evaluation of %s on %s (%.1f s), in %s; mAP:\n%s', source, test.name,
-                   summary['seconds'], output, evaluation_report.format_table(summary))
+                   summary.seconds, output, evaluation_report.format_table(summary))
     return summary

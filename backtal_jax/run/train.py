@@ -1,10 +1,10 @@
 """Training BackTAL: the sharded jitted step and the epoch loop.
 
 Parameters and optimiser state are replicated over a 1-D 'data' mesh and batches are split along
-it; the step is one `jax.jit` with explicit shardings and the state donated. Evaluation of each
-epoch goes through backtal_jax.evaluation.evaluator.
-"""
+it; the step is one `jax.jit` with explicit shardings and the state donated. Each epoch is
+evaluated through backtal_jax.evaluation.evaluator."""
 
+import dataclasses
 import signal
 
 from absl import logging
@@ -27,6 +27,7 @@ from backtal_jax.reporting import phase_times
 from backtal_jax.reporting import progress
 from backtal_jax.reporting import run_records
 from backtal_jax.run import checkpoint
+from backtal_jax.run import final_report
 from backtal_jax.run import finiteness
 from backtal_jax.run import optimizer
 from backtal_jax.run import preflight
@@ -34,6 +35,8 @@ from backtal_jax.run import run_identity
 from backtal_jax.run import stop_signals
 from backtal_jax.run import train_state
 from backtal_jax.run import workdir_lock
+from backtal_jax.run.history import CheckpointRecord
+from backtal_jax.run.history import History
 from backtal_jax.run.train_state import TrainState
 
 
@@ -102,7 +105,9 @@ class Run:
     self.checkpoints = checkpoint.Checkpoints(workdir, config.train.max_checkpoints_to_keep)
     self.writer = metric_writer.MetricWriter(str(epath.Path(workdir) / 'tensorboard'),
                                              enabled=self.is_lead)
+    # At step 0, so once per run: the writer skips points that are already in the folder.
     self.writer.write_texts(0, {'config': run_records.config_markdown(config)})
+    self.writer.write_hparams(run_records.hparams(config))
     self.evaluator = evaluator.Evaluator(config, self.model, mesh, workdir)
     self.best_test: tuple[int, evaluator.Scored] | None = None  # see final_test_summary
 
@@ -114,17 +119,21 @@ class Run:
     self.writer.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState | None:
   """Trains for config.train.num_epochs, evaluating and checkpointing each epoch; resumes from the
-  latest checkpoint in `workdir`. Returns the final state; raises errors.Stopped after saving a
-  checkpoint on SIGTERM or Ctrl-C. One run per workdir: see workdir_lock. Writes where the time
-  went to WORKDIR/phases.json (phase_times)."""
+  latest checkpoint in `workdir`. Returns the final state (None, at once, when the workdir's run
+  had already finished); raises errors.Stopped after saving a checkpoint on SIGTERM or Ctrl-C.
+  One run per workdir: see workdir_lock. Writes where the time went to WORKDIR/phases.json."""
   mesh = sharding.make_mesh()
   ground_truth = preflight.check_config(config, mesh.size)  # before the lock: touches nothing
   with (jax.set_mesh(mesh), workdir_lock.held(workdir, enabled=jax.process_index() == 0),
         phase_times.PhaseTimes().counting_compilation() as phases):
     with phases('preflight'):
       run_identity.check_resume(config, workdir)
+      if final_report.is_finished(config, workdir):
+        logging.info('The run in %s has finished (%d epochs; results.json). Nothing to do: a new '
+                     'run needs a new --workdir.', workdir, config.train.num_epochs)
+        return None
       checkpoint.check_workdir(workdir, train_state.abstract_params(
           config, train_state.make_model(config), mesh))
     with phases('setup'):
@@ -138,14 +147,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         run_records.write_phases(workdir, phases.record())
 
 
-def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, dict]:
+def _restore_or_init(run: Run) -> tuple[TrainState, pipeline.DataPosition, History]:
   state = train_state.create_train_state(run.config, run.model, run.tx, run.mesh)
   if run.checkpoints.latest_step() is None:
-    return state, pipeline.DataPosition(), {'best': -1.0, 'best_epoch': 0}
+    return state, pipeline.DataPosition(), History()
   state, record = run.checkpoints.restore_latest(state)
   logging.info('Resumed from step %d (epoch %d, step %d of it) in %s', int(state.step),
-               record['position']['epoch'], record['position']['step'], run.workdir)
-  return state, pipeline.DataPosition.from_dict(record['position']), record['history']
+               record.position.epoch, record.position.step, run.workdir)
+  return state, record.position, record.history
 
 
 def _train_loop(run: Run) -> TrainState:
@@ -192,13 +201,12 @@ def _train_loop(run: Run) -> TrainState:
           clock.evaluation_finished(step)
         if sync_point and stop_signals.any_process(preemption.requested):
           if not end_of_epoch:
-            run.checkpoints.save(state, {'position': loader.position.to_dict(),
-                                         'history': history})
+            run.checkpoints.save(state, CheckpointRecord(loader.position, history))
           raise errors.Stopped(preemption.signum or signal.SIGTERM, step)
   finally:
     loader.close()
   with run.phases('final_outputs'), stop_signals.Preemption() as preemption:
-    final_report(run, state, history)  # a stop signal waits for its results.json
+    final_report.final_report(run, state, history)  # a stop signal waits for its results.json
   if stop_signals.any_process(preemption.requested):
     raise errors.Stopped(preemption.signum, total_steps)
   return state
@@ -221,7 +229,7 @@ def log_progress(run: Run, clock: progress.Progress, step: int, steps_per_epoch:
 
 
 def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
-                 history: dict) -> dict:
+                 history: History) -> History:
   """Checkpoints, then evaluates on the selection split if due (and keeps the best apart).
 
   The checkpoint comes first, marked as awaiting its evaluation, so that an evaluation that fails
@@ -231,10 +239,9 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
   config = run.config
   epoch = position.epoch
   due = epoch % config.eval.every_epochs == 0 or epoch == config.train.num_epochs
-  pending = {'pending_evaluation': epoch} if due else {}
+  pending = dataclasses.replace(history, pending_evaluation=epoch if due else 0)
   with run.phases('checkpoint'):
-    run.checkpoints.save(state, {'position': position.to_dict(),
-                                 'history': {**history, **pending}})
+    run.checkpoints.save(state, CheckpointRecord(position, pending))
   if not due:
     return history
   try:
@@ -246,15 +253,14 @@ def finish_epoch(run: Run, state: TrainState, position: pipeline.DataPosition,
     raise
   if is_best:
     with run.phases('checkpoint'):
-      run.checkpoints.save(state, {'position': position.to_dict(), 'history': history},
-                           is_best=True)
+      run.checkpoints.save(state, CheckpointRecord(position, history), is_best=True)
   with run.phases('checkpoint'):  # a save that failed stops the run here, not an epoch later
     run.checkpoints.wait_until_finished()
   return history
 
 
-def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
-                   ) -> tuple[dict, bool]:
+def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: History
+                   ) -> tuple[History, bool]:
   """The selection split's mAP after `epoch`, logged; the updated history and whether it is best."""
   on_test = run.data.selection is run.data.test
   with run.phases('evaluation'):
@@ -263,66 +269,32 @@ def evaluate_epoch(run: Run, state: TrainState, epoch: int, history: dict
                                  run.config.eval.plot_videos)
     summary = run.evaluator.report(scored, run.data.selection, f'epoch_{epoch:03d}',
                                    plot_videos=run.config.eval.plot_videos)
-  run.writer.write_scalars(int(state.step), {
-      **{f'{run.data.selection.name}/mAP@{t:.2f}': m
-         for t, m in zip(summary['tiou'], summary['mAP'])},
-      **{f'{run.data.selection.name}/average_mAP_{k}': v
-         for k, v in summary['average_mAP'].items()}})
-  is_best = summary['selection'] > history['best']
+  run.writer.write_scalars(int(state.step), {f'{run.data.selection.name}/{name}': value
+                                             for name, value in summary.scalars().items()})
+  is_best = summary.selection > history.best
   if is_best:
-    history = {'best': summary['selection'], 'best_epoch': epoch}
+    history = History(best=summary.selection, best_epoch=epoch)
     run.best_test = (epoch, scored) if on_test else None
   if run.is_lead:
+    note = evaluation_report.early_zero_note(
+        sum(bool(found) for found in scored.detections.values()), len(scored.detections),
+        run.config.eval.class_score_thresh)
     logging.info('%s', evaluation_report.evaluation_line(
         summary, epoch=epoch, split=run.data.selection.name,
-        metric=run.config.train.selection_metric, **history))
+        metric=run.config.train.selection_metric, best=history.best,
+        best_epoch=history.best_epoch, dataset=run.config.data.dataset, note=note))
   return history, is_best
 
 
-def evaluate_pending_epoch(run: Run, state: TrainState, history: dict) -> dict:
+def evaluate_pending_epoch(run: Run, state: TrainState, history: History) -> History:
   """A run resumed from an epoch's checkpoint first evaluates that epoch (see finish_epoch)."""
-  epoch = history.get('pending_evaluation')
+  epoch = history.pending_evaluation
   if not epoch:
     return history
   logging.info('Evaluating epoch %d first: the run stopped after its checkpoint.', epoch)
-  history = {k: v for k, v in history.items() if k != 'pending_evaluation'}
-  history, is_best = evaluate_epoch(run, state, epoch, history)
+  history, is_best = evaluate_epoch(run, state, epoch,
+                                    dataclasses.replace(history, pending_evaluation=0))
   if is_best:
-    run.checkpoints.save(state, {'position': {'epoch': epoch, 'step': 0}, 'history': history},
+    run.checkpoints.save(state, CheckpointRecord(pipeline.DataPosition(epoch, 0), history),
                          is_best=True)
   return history
-
-
-def final_test_summary(run: Run, state: TrainState, best_epoch: int) -> dict:
-  """The best epoch on the test split, with its detections and plots as 'best_test'.
-
-  When the test split picks the best epoch (the official protocol) and this process scored that
-  epoch, that scoring is reported again instead of recomputed: the same parameters on the same
-  split give the same numbers, and it kept the plot inputs. Otherwise (held-out selection, or
-  a resumed run whose best epoch was scored before) `best/` is restored and evaluated."""
-  config = run.config
-  if run.best_test is not None and run.best_test[0] == best_epoch:
-    return run.evaluator.report(run.best_test[1], run.data.test, 'best_test',
-                                plots=config.eval.num_plots, plot_videos=config.eval.plot_videos)
-  best_params = checkpoint.restore_params(str(epath.Path(run.workdir) / 'best'), state.params)
-  return run.evaluator.evaluate(best_params, run.data.test, 'best_test',
-                                plots=config.eval.num_plots, plot_videos=config.eval.plot_videos)
-
-
-def final_report(run: Run, state: TrainState, history: dict) -> None:
-  """The best checkpoint on the test split (and plots of a few test videos)."""
-  with run.phases('checkpoint'):
-    run.checkpoints.wait_until_finished()
-  if history['best_epoch'] == 0:
-    return
-  with run.phases('final_evaluation'):
-    summary = final_test_summary(run, state, history['best_epoch'])
-  run.writer.write_images(int(state.step), {f'best_test/{name}': png for name, png in
-                                            run.evaluator.plot_images('best_test').items()})
-  run.evaluator.write_results(summary, best_epoch=history['best_epoch'],
-                              selection_split=run.data.selection.name,
-                              selection_metric=run.config.train.selection_metric)
-  if run.is_lead:
-    logging.info('Best epoch %d (selected on %s by %s); test mAP:\n%s', history['best_epoch'],
-                 run.data.selection.name, run.config.train.selection_metric,
-                 evaluation_report.format_table(summary))
