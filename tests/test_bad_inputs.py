@@ -99,20 +99,24 @@ OVERRIDES = st.lists(st.tuples(st.sampled_from(sorted(preflight.DECLARED_FIELDS)
 
 
 def training_outcome(testbed: pathlib.Path, workdir: pathlib.Path, overrides) -> str:
-  """'work' or 'refused', for a training with `overrides` on `workdir`; a refusal must leave
-  the workdir's files as they were, and nothing but a UserError may come out."""
+  """'work', 'refused' or 'finished', for a training with `overrides` on `workdir`; a refusal and
+  a finished run must leave the workdir's files as they were, and nothing but a UserError may come
+  out."""
   config = debug_config(testbed)
   for name, value in overrides:
     assume(set_field(config, name, value))
   before = snapshot(workdir)
   try:
-    train.train_and_evaluate(config, str(workdir))
+    state = train.train_and_evaluate(config, str(workdir))
   except ReachedWork:
     return 'work'
   except errors.UserError:
     assert snapshot(workdir) == before
     return 'refused'
-  raise AssertionError('the run neither refused nor reached its work')
+  assert state is None, 'the run neither refused nor reached its work'
+  assert snapshot(workdir) == before  # a finished run started again: it says so, changes nothing
+  return 'finished'
+
 
 
 @settings(PROFILE)

@@ -47,6 +47,21 @@ def saved_steps(folder: epath.Path) -> list[int]:
   return sorted(int(name) for name in names if name.isdigit())
 
 
+def latest_record(folder: epath.Path) -> history_lib.CheckpointRecord | None:
+  """The record of the newest step in `folder` (a run's checkpoints/), None without one: read
+  alone (no array) and read-only (no folder is created)."""
+  if not saved_steps(folder):
+    return None
+  manager = ocp.CheckpointManager(folder, item_handlers={'record': ocp.JsonCheckpointHandler()},
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    record = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        record=ocp.args.JsonRestore())).record
+  finally:
+    manager.close()
+  return history_lib.CheckpointRecord.from_json(record)
+
+
 def check_workdir(workdir: str, params_like: Any) -> None:
   """Before a training writes anything: its output folders are folders it can write; a best/
   whose checkpoints/ are gone (an earlier run's) is not taken for this run's; the latest
@@ -122,12 +137,6 @@ class Checkpoints:
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
-
-  def latest_record(self) -> history_lib.CheckpointRecord:
-    """The record of the latest checkpoint, read alone (no array)."""
-    record = self.latest.restore(self.latest.latest_step(), args=ocp.args.Composite(
-        record=ocp.args.JsonRestore())).record
-    return history_lib.CheckpointRecord.from_json(record)
 
   def restore_latest(self, state_like: Any) -> tuple[Any, history_lib.CheckpointRecord]:
     """The latest checkpoint that restores, sharded like `state_like` (a TrainState or its

@@ -21,15 +21,9 @@ def predict_command(workdir: str) -> str:
 def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Whether `workdir` holds a run that trained every epoch and wrote its results.json."""
   root = epath.Path(workdir)
-  if not (root / 'results.json').exists() or not (root / 'checkpoints').exists():
+  record = checkpoint.latest_record(root / 'checkpoints')
+  if record is None or not (root / 'results.json').is_file():
     return False
-  checkpoints = checkpoint.Checkpoints(workdir)
-  try:
-    if checkpoints.latest_step() is None:
-      return False
-    record = checkpoints.latest_record()
-  finally:
-    checkpoints.close()
   # The last epoch's checkpoint is marked as awaiting its evaluation (train.finish_epoch);
   # results.json, written after every evaluation, says that it happened.
   return record.position.epoch >= config.train.num_epochs and not record.position.step

@@ -130,12 +130,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         phase_times.PhaseTimes().counting_compilation() as phases):
     with phases('preflight'):
       run_identity.check_resume(config, workdir)
+      checkpoint.check_workdir(workdir, train_state.abstract_params(
+          config, train_state.make_model(config), mesh))
       if final_report.is_finished(config, workdir):
         logging.info('The run in %s has finished (%d epochs; results.json). Nothing to do: a new '
                      'run needs a new --workdir.', workdir, config.train.num_epochs)
         return None
-      checkpoint.check_workdir(workdir, train_state.abstract_params(
-          config, train_state.make_model(config), mesh))
     with phases('setup'):
       run = Run(config, workdir, mesh, phases, ground_truth)
     try:
