@@ -19,6 +19,7 @@ from backtal_jax.core import errors
 from backtal_jax.data import features
 from backtal_jax.data import unannotated
 from backtal_jax.run import evaluate_only
+from backtal_jax.run import final_report
 from backtal_jax.run import predictor
 from backtal_jax.run import preflight
 from backtal_jax.run import run_identity
@@ -71,11 +72,11 @@ def test_a_resume_that_changes_what_is_trained_is_refused_naming_both_values(fin
   assert snapshot(workdir) == before
 
 
-def test_the_fields_a_resume_may_change_are_the_readme_list():
-  readme = (REPO / 'README.md').read_text()
+def test_the_fields_a_resume_may_change_are_the_documented_list():
+  page = (REPO / 'docs' / 'when_something_goes_wrong.md').read_text()
   for name in run_identity.RESUMABLE_FIELDS:
-    assert f'`{name}`' in readme, name
-  assert '`eval.*`' in readme
+    assert f'`{name}`' in page, name
+  assert '`eval.*`' in page
 
 
 def test_a_width_mismatch_without_config_json_is_refused_before_any_record(finished, tmp_path):
@@ -102,7 +103,7 @@ def test_evaluation_only_writes_its_own_folder_and_waits_for_no_training(finishe
   summary = evaluate_only.evaluate_checkpoint(config, str(workdir))
   after = snapshot(workdir)
   assert {k: v for k, v in after.items() if not k.startswith('evaluation/')} == before
-  assert json.loads(after['evaluation/results.json'])['mAP'] == summary['mAP']
+  assert json.loads(after['evaluation/results.json'])['mAP'] == summary.mAP
   assert json.loads(after['evaluation/config.json'])['config']['eval']['only'] is True
 
 
@@ -131,6 +132,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(finished, tmp_
   arrays = sorted((workdir / 'checkpoints' / '6' / 'state').rglob('d/*'))
   arrays[-1].unlink()  # one array file lost
   (workdir / 'detections' / 'epoch_002.json').unlink()
+  (workdir / 'results.json').unlink()  # not finished: a finished run would stop at once
   state = train.train_and_evaluate(debug_config(finished[0]), str(workdir))  # epoch 2 again
   assert int(state.step) == 6
   detections = 'detections/epoch_002.json'
@@ -141,13 +143,13 @@ def test_a_stop_signal_during_the_final_evaluation_keeps_its_results(finished, t
                                                                    monkeypatch):
   workdir = copy_of(finished, tmp_path)
   (workdir / 'results.json').unlink()
-  final_report = train.final_report
+  report = final_report.final_report
 
   def signalled(*args):
     os.kill(os.getpid(), signal.SIGTERM)
-    final_report(*args)
+    report(*args)
 
-  monkeypatch.setattr(train, 'final_report', signalled)
+  monkeypatch.setattr(final_report, 'final_report', signalled)
   with pytest.raises(errors.Stopped) as stopped:
     train.train_and_evaluate(debug_config(finished[0]), str(workdir))
   assert stopped.value.exit_status == 128 + signal.SIGTERM
