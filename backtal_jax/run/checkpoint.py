@@ -32,11 +32,17 @@ def stored_param_shapes(manager: ocp.CheckpointManager, step: int) -> Any:
 
 
 def saved_steps(folder: epath.Path) -> list[int]:
-  """The step numbers saved in an orbax folder (none if it is absent), read without a manager
-  (which would create the folder)."""
+  """The committed steps of an orbax folder (none if it is absent), as orbax itself counts them
+  (a step a killed run left half-written on an object store is not one); read-only: the folder
+  is not created."""
   if not folder.is_dir():
     return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+  manager = ocp.CheckpointManager(
+      folder, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
 
 
 def check_workdir(workdir: str, params_like: Any) -> None:
