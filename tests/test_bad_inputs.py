@@ -51,9 +51,10 @@ for _name, _examples in (('ci', 25), ('thorough', 500)):
       _name, max_examples=_examples, deadline=None,
       database=database.DirectoryBasedExampleDatabase(str(REPO / '.hypothesis' / 'examples')),
       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-PROFILE = settings.get_profile(os.environ.get('BACKTAL_HYPOTHESIS_PROFILE', 'ci'))
-SUBPROCESS_EXAMPLES = {'ci': 2, 'thorough': 25}[os.environ.get('BACKTAL_HYPOTHESIS_PROFILE',
-                                                               'ci')]
+PROFILE_NAME = os.environ.get('BACKTAL_HYPOTHESIS_PROFILE', 'ci')
+SUBPROCESS_EXAMPLES = {'ci': 2, 'thorough': 25}[PROFILE_NAME]  # each a command: seconds
+WORKDIR_EXAMPLES = {'ci': 10, 'thorough': 500}[PROFILE_NAME]  # each copies a workdir
+PROFILE = settings.get_profile(PROFILE_NAME)
 HALF = 8  # the debug config's feature half width
 # Fields a command line gives as numbers (a text there reads as a text, not as in a config.json).
 NUMERIC_FIELDS = sorted(name for name, field in preflight.DECLARED_FIELDS.items()
@@ -164,7 +165,7 @@ def change_workdir(workdir: pathlib.Path, change: str) -> None:
     (workdir / 'results.json').mkdir()
 
 
-@settings(PROFILE)
+@settings(PROFILE, max_examples=WORKDIR_EXAMPLES)
 @given(changes=WORKDIR_CHANGES, overrides=st.lists(
     st.tuples(st.sampled_from(['train.batch_size', 'train.num_epochs', 'eval.nms_thresh']),
               st.sampled_from([4, 8, 3, 0.5])), max_size=1))

@@ -286,7 +286,8 @@ def test_npz_header_gives_name_length_and_metadata_and_refuses_a_zero_duration(t
       vid_name='clip', num_snippets=5, frame_num=None, fps=25.0, duration=None)
   np.savez(tmp_path / 'b.npz', feat_spa=np.zeros((8, 5)), feat_tem=np.zeros((8, 5)),
            duration=0.0)
-  with pytest.raises(features.FeatureFileError, match="b.npz: key 'duration': 0.0, expected"):
+  with pytest.raises(features.FeatureFileError,
+                     match="b.npz: key 'duration': value 0.0, expected > 0"):
     features.read_header(tmp_path / 'b.npz', feature_dim=16)
 
 

@@ -37,14 +37,24 @@ def stored_param_shapes(step_dir: epath.Path) -> Any:
   return ocp.StandardCheckpointHandler().metadata(step_dir / 'state').tree['params']
 
 
-def saved_steps(folder: epath.Path) -> list[int]:
-  """The numbers of the steps saved in an orbax folder (none if it is absent): step folders
-  (`507`) and best/'s epoch folders (`epoch_39`), read without a manager (which would create the
-  folder)."""
+def saved_steps(folder: epath.Path, step_prefix: str | None = None) -> list[int]:
+  """The committed steps of an orbax folder (none if it is absent), as orbax itself counts them
+  (a step a killed run left half-written on an object store is not one): step folders (`507`),
+  or with `step_prefix` 'epoch' best/'s epoch folders (`epoch_39`); read-only: the folder is not
+  created."""
   if not folder.is_dir():
     return []
-  names = (p.name.removeprefix(f'{BEST_PREFIX}_') for p in folder.iterdir() if p.is_dir())
-  return sorted(int(name) for name in names if name.isdigit())
+  manager = ocp.CheckpointManager(folder, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True, step_prefix=step_prefix))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def saved_best(folder: epath.Path) -> list[int]:
+  """best/'s committed folders: epochs (`epoch_39`), else steps of earlier versions (`507`)."""
+  return saved_steps(folder, BEST_PREFIX) or saved_steps(folder)
 
 
 def latest_record(folder: epath.Path) -> history_lib.CheckpointRecord | None:
@@ -75,7 +85,7 @@ def check_workdir(workdir: str, params_like: Any) -> None:
     if (root / name).is_dir():
       raise errors.UserError(f'{root / name} is a folder, where the run writes a file: move it '
                              'away')
-  latest, best = saved_steps(root / 'checkpoints'), saved_steps(root / 'best')
+  latest, best = saved_steps(root / 'checkpoints'), saved_best(root / 'best')
   if best and not latest:
     raise errors.UserError(
         f'{root / "best"} holds a checkpoint of an earlier run, but {root / "checkpoints"} '

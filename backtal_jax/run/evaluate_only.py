@@ -39,7 +39,7 @@ def output_folder(workdir: str) -> epath.Path:
   """Where an evaluation-only run writes: WORKDIR itself, or WORKDIR/evaluation when WORKDIR
   holds a training (its checkpoints), so that the training's records stay its own."""
   root = epath.Path(workdir)
-  trained = checkpoint.saved_steps(root / 'checkpoints') or checkpoint.saved_steps(root / 'best')
+  trained = checkpoint.saved_steps(root / 'checkpoints') or checkpoint.saved_best(root / 'best')
   return root / EVALUATION_FOLDER if trained else root
 
 
