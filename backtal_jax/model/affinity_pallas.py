@@ -213,8 +213,8 @@ def _input_kernel(g_ref, g_before_ref, g_after_ref, w_ref, x_ref, x_before_ref, 
                   gw_after_ref, *, geo, precision):
   """dx, and the input block's part of ds; grid (batch blocks, frame blocks, input blocks,
   output blocks), the last being the sum of g @ W[k]^T."""
-  blocks, in_block, out_block = (pl.program_id(0), pl.program_id(1)), pl.program_id(2), \
-      pl.program_id(3)
+  blocks = (pl.program_id(0), pl.program_id(1))
+  in_block, out_block = pl.program_id(2), pl.program_id(3)
 
   @pl.when(out_block == 0)
   def _():
