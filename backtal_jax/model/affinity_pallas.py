@@ -409,10 +409,16 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
   affinity_lib.check_affinity(affinity)
   one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
                                 interpret=interpret)
-  if batch_rows.batch_shards(x_BxTxI) == 1:
-    return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   typed = jax.typeof(x_BxTxI).sharding
-  videos = P(typed.spec[0])
+  if typed.mesh.empty:
+    return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
+  # Under a mesh a pallas_call must sit in shard_map, even on one device.
+  if batch_rows.batch_shards(x_BxTxI) == 1 and typed.mesh.size > 1:
+    # Each device would compute every video, and shard_map's transpose would sum their equal
+    # kernel gradients; the network always splits its batch over the mesh.
+    raise ValueError('fused_affinity_conv: on a mesh of several devices the batch (axis 0) must be '
+                     f'split over it, got the sharding {typed}')
+  videos = P(typed.spec[0] if typed.spec else None)
   # check_vma=False: a pallas_call's results carry no varying-axes annotation.
   return jax.shard_map(one_shard, mesh=typed.mesh, in_specs=(videos, videos, P()),
                        out_specs=videos, check_vma=False)(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
