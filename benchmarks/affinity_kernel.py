@@ -352,22 +352,21 @@ def estimated_cycles(hlo_text: str) -> int:
 
 
 def count_one(fn: Callable, args: tuple, chip) -> dict:
-  """One chip's program of fn(*args): the compiler's FLOPs and bytes, cycles, roofline."""
+  """One chip's program of fn(*args): tpu_compile's per-chip report, plus estimated cycles."""
+  from benchmarks import tpu_compile  # pylint: disable=g-import-not-at-top (libtpu's users only)
   compiled = jax.jit(fn).lower(*args).compile()
   text = compiled.as_text()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops, moved = float(cost['flops']), float(cost['bytes accessed'])
-  return dict(gflop=flops / 1e9, gb_accessed=moved / 1e9,
+  report = tpu_compile.per_chip_report(compiled, chip)
+  return dict(gflop=report['tflop'] * 1e3, gb_accessed=report['gb_accessed'],
               estimated_cycles=estimated_cycles(text), has_kernel='tpu_custom_call' in text,
-              compute_ms=flops / chip.peak_flops * 1e3, memory_ms=moved / chip.hbm_bandwidth * 1e3,
-              roofline_ms=max(flops / chip.peak_flops, moved / chip.hbm_bandwidth) * 1e3)
+              compute_ms=report['compute_ms'], memory_ms=report['memory_ms'],
+              roofline_ms=report['roofline_ms'])
 
 
 def tpu_counts(shapes, affinity_names, modes, precision_names, formulation_names,
                generations) -> list[dict]:
   """Each form (and the dense matmul) compiled for one chip of each TPU generation, counted."""
-  from benchmarks import tpu_compile  # pylint: disable=g-import-not-at-top (libtpu's users only)
+  from benchmarks import tpu_compile  # pylint: disable=g-import-not-at-top
   rows = []
   for generation in generations:
     device = tpu_compile.topology_devices(TPU_GENERATIONS[generation])[0]

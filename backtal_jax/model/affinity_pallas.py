@@ -42,7 +42,8 @@ TAPS = affinity_lib.KERNEL_SIZE
 FRAME_ALIGN = 16  # frames of a block: a multiple of a (16, 128) bfloat16 tile (two of float32)
 ROW_TILE = 512  # frames per block (a long video's tile, or short videos side by side)
 CHANNEL_TILES = (512, 256, 128)  # channel tiles tried in order; a width none divides is one tile
-VMEM_LIMIT_BYTES = 48 * 2**20  # a float32 step of the largest kernel takes ~25 MiB, double-buffered
+TILE_LANE_BYTES = 1024  # at most 512 bfloat16 or 256 float32 channels per tile: v4's VMEM is 16 MiB
+VMEM_LIMIT_BYTES = 16 * 2**20  # what the largest kernel may take (TPU v4 has no more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,18 +85,20 @@ class Geometry:
     return self.batch_tile * self.frame_tile
 
 
-def channel_tile(width: int) -> int:
-  """The largest of CHANNEL_TILES dividing `width`, else the whole width (one block, no ragged
-  edge, so that no reduction over channels ever sums padding)."""
-  return next((tile for tile in CHANNEL_TILES if width % tile == 0), width)
+def channel_tile(width: int, itemsize: int) -> int:
+  """The largest of CHANNEL_TILES within TILE_LANE_BYTES dividing `width`, else the whole width
+  (one block, no ragged edge, so that no reduction over channels ever sums padding)."""
+  tiles = [tile for tile in CHANNEL_TILES if tile * itemsize <= TILE_LANE_BYTES]
+  return next((tile for tile in tiles if width % tile == 0), width)
 
 
-def geometry(batch: int, length: int, c_in: int, c_out: int, affinity: str) -> Geometry:
+def geometry(batch: int, length: int, c_in: int, c_out: int, affinity: str,
+             itemsize: int = 4) -> Geometry:
   aligned = pl.cdiv(length, FRAME_ALIGN) * FRAME_ALIGN
   frame_tile = min(ROW_TILE, aligned)
   batch_tile = max(1, min(batch, ROW_TILE // frame_tile))
   return Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile,
-                  channel_tile(c_in), channel_tile(c_out))
+                  channel_tile(c_in, itemsize), channel_tile(c_out, itemsize))
 
 
 def halos(v_BxTxX: jax.Array, geo: Geometry) -> tuple[jax.Array, jax.Array]:
@@ -213,8 +216,8 @@ def _input_kernel(g_ref, g_before_ref, g_after_ref, w_ref, x_ref, x_before_ref, 
                   gw_after_ref, *, geo, precision):
   """dx, and the input block's part of ds; grid (batch blocks, frame blocks, input blocks,
   output blocks), the last being the sum of g @ W[k]^T."""
-  blocks, in_block, out_block = (pl.program_id(0), pl.program_id(1)), pl.program_id(2), \
-      pl.program_id(3)
+  blocks = (pl.program_id(0), pl.program_id(1))
+  in_block, out_block = pl.program_id(2), pl.program_id(3)
 
   @pl.when(out_block == 0)
   def _():
@@ -390,7 +393,7 @@ _fused.defvjp(_fused_forward, _fused_backward)
 
 def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret):
   batch, length, c_in = x_BxTxI.shape
-  geo = geometry(batch, length, c_in, kernel_KxIxO.shape[-1], affinity)
+  geo = geometry(batch, length, c_in, kernel_KxIxO.shape[-1], affinity, x_BxTxI.dtype.itemsize)
   return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
 
 
@@ -406,10 +409,16 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
   affinity_lib.check_affinity(affinity)
   one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
                                 interpret=interpret)
-  if batch_rows.batch_shards(x_BxTxI) == 1:
-    return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   typed = jax.typeof(x_BxTxI).sharding
-  videos = P(typed.spec[0])
+  if typed.mesh.empty:
+    return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
+  # Under a mesh a pallas_call must sit in shard_map, even on one device.
+  if batch_rows.batch_shards(x_BxTxI) == 1 and typed.mesh.size > 1:
+    # Each device would compute every video, and shard_map's transpose would sum their equal
+    # kernel gradients; the network always splits its batch over the mesh.
+    raise ValueError('fused_affinity_conv: on a mesh of several devices the batch (axis 0) must be '
+                     f'split over it, got the sharding {typed}')
+  videos = P(typed.spec[0] if typed.spec else None)
   # check_vma=False: a pallas_call's results carry no varying-axes annotation.
   return jax.shard_map(one_shard, mesh=typed.mesh, in_specs=(videos, videos, P()),
                        out_specs=videos, check_vma=False)(x_BxTxI, similarity_BxTx3, kernel_KxIxO)

@@ -8,6 +8,8 @@
   tests on the CPU, not for training.
 
 float64 always takes the XLA form: the kernel accumulates in float32 (and TPUs have no float64).
+So does a batch that is not split over a mesh of several devices (the network's initialisation on
+a one-video dummy batch): the kernel runs per device on its own videos.
 The choice per platform is made when the program is lowered (`jax.lax.platform_dependent`), so
 that a step compiled on a CPU host for a TPU slice (benchmarks/tpu_compile.py) gets the kernel.
 """
@@ -17,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from backtal_jax.core import batch_rows
 from backtal_jax.model import affinity
 from backtal_jax.model import affinity_pallas
 
@@ -29,13 +32,18 @@ def check_affinity_kernel(affinity_kernel: str) -> None:
                      f'{AFFINITY_KERNELS}')
 
 
+def _replicated_on_a_mesh(x_BxTxI: jax.Array) -> bool:
+  mesh = jax.typeof(x_BxTxI).sharding.mesh
+  return not mesh.empty and mesh.size > 1 and batch_rows.batch_shards(x_BxTxI) == 1
+
+
 def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array, *,
                   affinity_form: str = 'official', affinity_kernel: str = 'auto',
                   precision=None) -> jax.Array:
   """The affinity convolution of a batch, [B, T, I] -> [B, T, O], by the chosen implementation."""
   check_affinity_kernel(affinity_kernel)
   xla = functools.partial(affinity.affinity_conv, affinity=affinity_form, precision=precision)
-  if affinity_kernel == 'xla' or x_BxTxI.dtype == jnp.float64:
+  if affinity_kernel == 'xla' or x_BxTxI.dtype == jnp.float64 or _replicated_on_a_mesh(x_BxTxI):
     return xla(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   fused = functools.partial(affinity_pallas.fused_affinity_conv, affinity=affinity_form,
                             precision=precision)
