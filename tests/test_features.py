@@ -23,8 +23,8 @@ def test_reads_channels_first_training_file(tmp_path):
   arrays = npz_files.video_arrays(0, train=True)
   record = features.read_video(_write(tmp_path, arrays), require_clicks=True, **READ_ARGS)
   np.testing.assert_array_equal(
-      record.features_TxF, np.concatenate([arrays['feat_spa'].T, arrays['feat_tem'].T], axis=1))
-  assert record.features_TxF.dtype == np.float32
+      record.features_SxF, np.concatenate([arrays['feat_spa'].T, arrays['feat_tem'].T], axis=1))
+  assert record.features_SxF.dtype == np.float32
   np.testing.assert_array_equal(record.click_labels_T, arrays['point_label'])
   assert record.click_labels_T.dtype == np.int32
   np.testing.assert_array_equal(record.video_labels_C, arrays['cls_label'])
@@ -37,7 +37,7 @@ def test_channels_last_reads_the_same(tmp_path):
   first = features.read_video(_write(tmp_path, arrays, 'a.npz'), require_metadata=True, **READ_ARGS)
   arrays['feat_spa'], arrays['feat_tem'] = arrays['feat_spa'].T, arrays['feat_tem'].T
   last = features.read_video(_write(tmp_path, arrays, 'b.npz'), require_metadata=True, **READ_ARGS)
-  np.testing.assert_array_equal(first.features_TxF, last.features_TxF)
+  np.testing.assert_array_equal(first.features_SxF, last.features_SxF)
   assert (last.frame_num, last.fps, last.duration) == (180, 25.0, 7.2)
   assert last.click_labels_T is None
 
@@ -48,8 +48,8 @@ def test_layout_without_num_segments(tmp_path):
   first = features.read_video(_write(tmp_path, arrays, 'a.npz'), **args)
   arrays['feat_spa'], arrays['feat_tem'] = arrays['feat_spa'].T, arrays['feat_tem'].T
   last = features.read_video(_write(tmp_path, arrays, 'b.npz'), **args)
-  assert first.features_TxF.shape == (npz_files.NUM_SEGMENTS, npz_files.FEATURE_DIM)
-  np.testing.assert_array_equal(first.features_TxF, last.features_TxF)
+  assert first.features_SxF.shape == (npz_files.NUM_SEGMENTS, npz_files.FEATURE_DIM)
+  np.testing.assert_array_equal(first.features_SxF, last.features_SxF)
 
 
 def _drop(key):

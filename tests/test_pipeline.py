@@ -188,7 +188,7 @@ def test_npz_source_from_config_into_global_arrays(tmp_path):
   np.testing.assert_array_equal(batch['index'], [4, -1, -1, -1])
   record = features.read_video(source.paths[4], num_classes=SPEC.num_classes,
                                feature_dim=SPEC.feature_dim)
-  np.testing.assert_array_equal(batch['features'][0], record.features_TxF)
+  np.testing.assert_array_equal(batch['features'][0], record.features_SxF)
   np.testing.assert_array_equal(batch['click_labels'][0], record.click_labels_T)
   global_batch = sharding.to_global_batch(batch, sharding.batch_sharding(sharding.make_mesh()))
   rows = []

@@ -105,9 +105,9 @@ def test_metadata_free_npz_files_give_the_evaluation_only_detections(trained, tm
   bare = tmp_path / 'bare'
   bare.mkdir()
   for r in records:  # official layout, channels-first, nothing but the features
-    half = r.features_TxF.shape[1] // 2
-    np.savez(bare / f'{r.vid_name}.npz', feat_spa=r.features_TxF[:, :half].T,
-             feat_tem=r.features_TxF[:, half:].T)
+    half = r.features_SxF.shape[1] // 2
+    np.savez(bare / f'{r.vid_name}.npz', feat_spa=r.features_SxF[:, :half].T,
+             feat_tem=r.features_SxF[:, half:].T)
   write_metadata_csv(tmp_path / 'meta.csv', records)
   predictor.predict(trained['config'], str(trained['best']), [str(bare)],
                     str(tmp_path / 'out.json'), metadata_csv=str(tmp_path / 'meta.csv'))
@@ -127,14 +127,14 @@ def test_npy_files_of_any_length_through_the_command_line(trained, tmp_path):
   (official / config.data.train_split).symlink_to(
       pathlib.Path(config.data.features_root) / config.data.train_split)
   for r, length in zip(records, LENGTHS * 2):
-    features_SxF = resample.linear_resize(r.features_TxF, length)
+    features_SxF = resample.linear_resize(r.features_SxF, length)
     np.save(inputs / f'{r.vid_name}.npy', features_SxF)
     resampled_TxF = unannotated.resample_snippets(features_SxF, config.data.num_segments)
     half = resampled_TxF.shape[1] // 2
     np.savez(official / config.data.test_split / f'{r.vid_name}.npz', vid_name=r.vid_name,
              feat_spa=resampled_TxF[:, :half].T, feat_tem=resampled_TxF[:, half:].T,
              cls_label=r.video_labels_C, frame_num=r.frame_num, fps=r.fps, duration=r.duration)
-  np.save(inputs / 'my_holiday_clip.npy', records[0].features_TxF[:40])
+  np.save(inputs / 'my_holiday_clip.npy', records[0].features_SxF[:40])
   write_metadata_csv(tmp_path / 'meta.csv', records)
   config_official = config.copy_and_resolve_references()
   config_official.data.source, config_official.data.features_root = 'npz', str(official)
@@ -161,7 +161,7 @@ def test_npy_files_of_any_length_through_the_command_line(trained, tmp_path):
 def test_python_api_gives_the_evaluation_only_detections(trained):
   record = read_testbed_videos(trained)[2]
   found = predictor.Predictor(trained['config'], str(trained['best'])).detect(
-      record.features_TxF, duration=record.duration, fps=record.fps, name=record.vid_name)
+      record.features_SxF, duration=record.duration, fps=record.fps, name=record.vid_name)
   assert found == trained['detections'][record.vid_name]
 
 
@@ -183,7 +183,7 @@ def test_one_device_and_a_batch_of_one_give_the_evaluation_only_detections(train
 def test_missing_durations_stop_at_once_naming_every_video(trained, tmp_path):
   records = read_testbed_videos(trained)
   for r in records[:3]:
-    np.save(tmp_path / f'{r.vid_name}.npy', r.features_TxF)
+    np.save(tmp_path / f'{r.vid_name}.npy', r.features_SxF)
   write_metadata_csv(tmp_path / 'meta.csv', records[1:2])
   result = run_cli('--config=configs/thumos.py:debug', f'--checkpoint={trained["best"]}',
                    f'--features={tmp_path}', f'--output={tmp_path / "out.json"}',

@@ -41,7 +41,7 @@ class VideoRecord:
   """
 
   vid_name: str
-  features_TxF: np.ndarray  # float32, [spa, tem] concatenated along channels
+  features_SxF: np.ndarray  # float32, [spa, tem] concatenated along channels
   video_labels_C: np.ndarray  # float32 multi-hot
   click_labels_T: np.ndarray | None  # int32: IGNORE_LABEL, a class index, or C for background
   frame_num: int | None
@@ -186,14 +186,14 @@ def _feature_half(archive, path, key: str, half_width: int, num_segments: int | 
 def as_float32(path, key: str, value: np.ndarray) -> np.ndarray:
   """`value` as float32, the dtype the model reads, refused if a finite value overflows it."""
   with np.errstate(over='ignore'):
-    value_TxW = value.astype(np.float32)
-  finite = np.isfinite(value_TxW)
+    value_SxW = value.astype(np.float32)
+  finite = np.isfinite(value_SxW)
   if not finite.all():
     raise FeatureFileError(
         path, key, f'{finite.size - finite.sum()} values overflow float32, the dtype the model '
         f'reads (largest magnitude {np.abs(value).max():.4g}, float32 holds up to '
         f'{np.finfo(np.float32).max:.4g})')
-  return value_TxW
+  return value_SxW
 
 
 def _scalar(path, key: str, value: np.ndarray) -> np.ndarray:
@@ -255,12 +255,12 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
   archive = open_npz(path)
   with archive:
     half = feature_dim // 2
-    spa_TxW = _feature_half(archive, path, 'feat_spa', half, num_segments)
-    tem_TxW = _feature_half(archive, path, 'feat_tem', half, num_segments)
-    if tem_TxW.shape[0] != spa_TxW.shape[0]:
+    spa_SxW = _feature_half(archive, path, 'feat_spa', half, num_segments)
+    tem_SxW = _feature_half(archive, path, 'feat_tem', half, num_segments)
+    if tem_SxW.shape[0] != spa_SxW.shape[0]:
       raise FeatureFileError(
-          path, 'feat_tem', f'{tem_TxW.shape[0]} snippets but feat_spa has {spa_TxW.shape[0]}')
-    num_snippets = spa_TxW.shape[0]
+          path, 'feat_tem', f'{tem_SxW.shape[0]} snippets but feat_spa has {spa_SxW.shape[0]}')
+    num_snippets = spa_SxW.shape[0]
     video_labels = np.zeros((num_classes,), np.float32)
     if require_labels or 'cls_label' in archive.files:
       video_labels = _as_numeric(path, 'cls_label', _read_key(archive, path, 'cls_label'))
@@ -279,7 +279,7 @@ def read_video(path, *, num_classes: int, feature_dim: int = 2048,
   vid_name = vid_name.reshape(()).item()
   return VideoRecord(
       vid_name=vid_name.decode() if isinstance(vid_name, bytes) else vid_name,
-      features_TxF=np.concatenate([spa_TxW, tem_TxW], axis=1),
+      features_SxF=np.concatenate([spa_SxW, tem_SxW], axis=1),
       video_labels_C=video_labels.astype(np.float32),
       click_labels_T=click_labels,
       frame_num=int(metadata['frame_num']) if 'frame_num' in metadata else None,
@@ -355,7 +355,7 @@ def to_example(record: VideoRecord) -> dict:
 
   Videos without clicks get IGNORE_LABEL everywhere; absent metadata becomes METADATA_MISSING.
   """
-  num_snippets = record.features_TxF.shape[0]
+  num_snippets = record.features_SxF.shape[0]
   click_labels = record.click_labels_T
   if click_labels is None:
     click_labels = np.full((num_snippets,), IGNORE_LABEL, np.int32)
@@ -365,7 +365,7 @@ def to_example(record: VideoRecord) -> dict:
 
   return {
       'vid_name': record.vid_name,
-      'features': record.features_TxF,
+      'features': record.features_SxF,
       'video_labels': record.video_labels_C,
       'click_labels': click_labels,
       'frame_num': np.int64(or_missing(record.frame_num)),

@@ -223,7 +223,7 @@ def read_features(video: UnannotatedVideo, config: ml_collections.ConfigDict) ->
   if video.path.suffix == '.npz':
     return features.read_video(video.path, num_classes=config.model.num_classes,
                                feature_dim=config.data.feature_dim,
-                               require_labels=False).features_TxF
+                               require_labels=False).features_SxF
   try:
     array = np.load(video.path, allow_pickle=False)
   except (ValueError, OSError, EOFError) as e:
