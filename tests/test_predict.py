@@ -165,6 +165,14 @@ def test_python_api_gives_the_evaluation_only_detections(trained):
   assert found == trained['detections'][record.vid_name]
 
 
+def test_a_relative_checkpoint_path_is_read_from_the_working_directory(trained, monkeypatch):
+  monkeypatch.chdir(trained['best'].parent)  # orbax itself refuses relative paths
+  record = read_testbed_videos(trained)[2]
+  found = predictor.Predictor(trained['config'], trained['best'].name).detect(
+      record.features_SxF, duration=record.duration, fps=record.fps, name=record.vid_name)
+  assert found == trained['detections'][record.vid_name]
+
+
 def test_one_device_and_a_batch_of_one_give_the_evaluation_only_detections(trained, tmp_path):
   """`predict --config.eval.batch_size=1` on a one-device machine (it crashed in merge_passes)."""
   config = trained['config']

@@ -198,8 +198,11 @@ def _params_from_step(manager: ocp.CheckpointManager, step: int, target: Any) ->
 
 
 def _orbax_manager(path: str, step_prefix: str | None) -> ocp.CheckpointManager:
+  folder = epath.Path(path)
+  if '://' not in str(path):  # orbax refuses a relative path (`--checkpoint=run/best`)
+    folder = folder.absolute()
   return ocp.CheckpointManager(
-      epath.Path(path), options=ocp.CheckpointManagerOptions(step_prefix=step_prefix),
+      folder, options=ocp.CheckpointManagerOptions(step_prefix=step_prefix),
       item_handlers={'params': ocp.StandardCheckpointHandler(),
                      'state': ocp.PyTreeCheckpointHandler(),
                      'record': ocp.JsonCheckpointHandler()})
