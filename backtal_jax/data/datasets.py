@@ -103,9 +103,7 @@ class Supervised:
   def __init__(self, source: pipeline.Source, kind: str, ground_truth: annotations.GroundTruth,
                num_segments: int, seed: int, action_clicks: str = 'simulated'):
     supervision.check_supervision(kind)
-    if action_clicks not in supervision.ACTION_CLICK_SOURCES:
-      raise errors.UserError(f'config.train.action_clicks must be one of '
-                             f'{supervision.ACTION_CLICK_SOURCES}, got {action_clicks!r}')
+    supervision.check_action_clicks(action_clicks)
     self.source, self.kind, self.ground_truth = source, kind, ground_truth
     self.num_segments, self.seed, self.action_source = num_segments, seed, action_clicks
 

@@ -8,6 +8,7 @@ the annotation page, backtal_jax.annotation).
 
 import numpy as np
 
+from backtal_jax.core import errors
 from backtal_jax.core import fields
 from backtal_jax.core.labels import IGNORE_LABEL
 
@@ -24,6 +25,12 @@ CONFIG_FIELDS = {  # see core/fields.py
 def check_supervision(supervision: str) -> None:
   if supervision not in SUPERVISIONS:
     raise ValueError(f'config.train.supervision must be one of {SUPERVISIONS}, got {supervision!r}')
+
+
+def check_action_clicks(action_clicks: str) -> None:
+  if action_clicks not in ACTION_CLICK_SOURCES:
+    raise errors.UserError(f'config.train.action_clicks must be one of {ACTION_CLICK_SOURCES}, '
+                           f'got {action_clicks!r}')
 
 
 def needs_action_clicks(supervision: str) -> bool:
