@@ -123,16 +123,19 @@ def check_the_clock_stops_when_idle_or_hidden(driver) -> None:
   idle_from = active()
   time.sleep(1)
   assert active() == idle_from
-  driver.execute_script(
-      'Object.defineProperty(document, "visibilityState", {configurable: true, get: () => '
-      '"hidden"}); document.dispatchEvent(new Event("visibilitychange")); markActive()')
+  set_visibility(driver, 'hidden', then='markActive()')
   hidden_from = active()
   time.sleep(1)
   assert active() == hidden_from
+  set_visibility(driver, 'visible')
+  wait_for(driver, lambda: active() > hidden_from, 'the clock runs again')
+
+
+def set_visibility(driver, state: str, then: str = '') -> None:
+  """Emulates the tab becoming `state` ('hidden' or 'visible'), then runs `then` in the page."""
   driver.execute_script(
       'Object.defineProperty(document, "visibilityState", {configurable: true, get: () => '
-      '"visible"}); document.dispatchEvent(new Event("visibilitychange"))')
-  wait_for(driver, lambda: active() > hidden_from, 'the clock runs again')
+      f'"{state}"}}); document.dispatchEvent(new Event("visibilitychange")); {then}')
 
 
 def test_keys_boxes_reload_and_a_killed_server_lose_nothing(folder, browser):
