@@ -11,6 +11,7 @@ video's duration (185), THUMOS14 four; they are valid here, and users of the tim
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -79,6 +80,12 @@ class GroundTruth:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @functools.cached_property
+  def subset_of(self) -> dict[str, str]:
+    """Every video's subset by name (what core.membership's rule reads); built once, as the
+    training data ask it for every example."""
+    return {name: video.subset for name, video in self.videos.items()}
 
   def subset(self, name: str) -> list[Video]:
     """The videos of one subset (e.g. THUMOS14 'val' or 'test'), sorted by name."""

@@ -20,6 +20,7 @@ import numpy as np
 from backtal_jax.core import errors
 from backtal_jax.core import fields
 from backtal_jax.core import files
+from backtal_jax.core import membership
 from backtal_jax.data import annotations
 from backtal_jax.data import click_simulation
 from backtal_jax.data import feeds
@@ -115,7 +116,7 @@ class Supervised:
       return None
     if self.action_source == 'file':
       return supervision.file_action_clicks(click_labels_T, self.ground_truth.num_classes)
-    if vid_name not in self.ground_truth.videos:
+    if membership.videos_outside([vid_name], self.ground_truth.subset_of)[0]:
       raise KeyError(f'{vid_name}: no ground truth in {self.ground_truth.path} to simulate action '
                      'clicks from (config.train.supervision)')
     return click_simulation.simulate_clicks(

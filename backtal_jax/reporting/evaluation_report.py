@@ -7,6 +7,7 @@ from typing import Any
 from typing import Mapping
 from typing import Sequence
 
+from backtal_jax.core import membership
 from backtal_jax.reporting import averages
 
 
@@ -59,7 +60,9 @@ def counts(ground_truth: Mapping[str, Any], predictions: Mapping[str, Any],
   """Instances and predictions counted, per class too, and the predicted videos outside the
   subset (parsed ground-truth and results JSON); `evaluate` and `predict` both report these."""
   database, results = ground_truth['database'], predictions['results']
-  in_subset = {v for v, entry in database.items() if entry.get('subset') == subset}
+  subset_of = {v: entry.get('subset') for v, entry in database.items()}
+  in_subset = {v for v, s in subset_of.items() if s == subset}
+  absent, elsewhere = membership.videos_outside(results, subset_of, subset)
   truth = collections.Counter(a['label'] for v in in_subset
                               for a in database[v].get('annotations', ()))
   scored = collections.Counter(d['label'] for v, found in results.items() if v in in_subset
@@ -70,8 +73,8 @@ def counts(ground_truth: Mapping[str, Any], predictions: Mapping[str, Any],
       'predicted_videos': len(results),
       'predictions': sum(len(found) for found in results.values()),
       'predictions_in_subset': sum(scored.values()),
-      'videos_absent_from_ground_truth': sorted(v for v in results if v not in database),
-      'videos_of_other_subsets': sorted(v for v in results if v in database and v not in in_subset),
+      'videos_absent_from_ground_truth': absent,
+      'videos_of_other_subsets': elsewhere,
       'per_class_counts': {c: {'ground_truth': truth[c], 'predictions': scored[c]}
                            for c in sorted(truth)},
   }

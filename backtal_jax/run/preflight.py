@@ -20,6 +20,7 @@ import ml_collections
 
 from backtal_jax.core import errors
 from backtal_jax.core import fields
+from backtal_jax.core import membership
 from backtal_jax.core import sharding
 from backtal_jax.data import annotations
 from backtal_jax.data import datasets
@@ -149,14 +150,10 @@ def check_config(config: ml_collections.ConfigDict, device_count: int, *,
 def ground_truth_problems(names: dict[str, list], ground_truth: annotations.GroundTruth,
                           subset: str | None, why: str) -> list[str]:
   """Videos absent from the ground truth (or from its `subset`, if given)."""
-  problems = []
-  for name, where in names.items():
-    video = ground_truth.videos.get(name)
-    if video is None or (subset is not None and video.subset != subset):
-      place = f'subset {subset!r} of ' if subset is not None else ''
-      problems.append(f'{where[0]}: key \'vid_name\': {name!r} is not a video of {place}'
-                      f'{ground_truth.path} ({why})')
-  return problems
+  absent, elsewhere = membership.videos_outside(names, ground_truth.subset_of, subset)
+  place = f'subset {subset!r} of ' if subset is not None else ''
+  return [f'{names[name][0]}: key \'vid_name\': {name!r} is not a video of {place}'
+          f'{ground_truth.path} ({why})' for name in sorted(absent + elsewhere)]
 
 
 def data_problems(config: ml_collections.ConfigDict, root: epath.Path,
