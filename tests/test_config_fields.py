@@ -4,6 +4,9 @@ keeps them, and a value outside its declaration is refused before the first step
 import pytest
 
 from backtal_jax.core import fields
+from backtal_jax.data import supervision
+from backtal_jax.model import affinity
+from backtal_jax.model import affinity_select
 from backtal_jax.reporting import run_records
 from backtal_jax.run import preflight
 from configs import activitynet12
@@ -83,3 +86,21 @@ def test_declarations_accept_their_bounds_and_refuse_just_outside():
   count = fields.integer(1, also=(-1,))
   assert count.accepts(-1) and count.accepts(1) and not count.accepts(0) and not count.accepts(2.0)
   assert fields.text(optional=True).accepts(None) and not fields.text().accepts(None)
+
+
+API_CHECKS = {  # the Python API's own check of a field the pre-flight checks in a config
+    'model.affinity': affinity.check_affinity,
+    'model.affinity_kernel': affinity_select.check_affinity_kernel,
+    'train.supervision': supervision.check_supervision,
+    'train.action_clicks': supervision.check_action_clicks,
+}
+
+
+@pytest.mark.parametrize('name', sorted(API_CHECKS))
+def test_the_python_api_refuses_a_value_with_the_preflights_message(name):
+  config = load('configs.thumos:synthetic')
+  fields.value_at(config, name.split('.')[0])[name.split('.')[1]] = 'mosaic'
+  problems = [p for p in preflight.config_problems(config, 4) if p.startswith(f'config.{name} ')]
+  with pytest.raises(ValueError) as raised:
+    API_CHECKS[name]('mosaic')
+  assert [str(raised.value)] == problems

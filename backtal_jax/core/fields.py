@@ -120,6 +120,18 @@ def value_at(config: Any, name: str) -> Any:
   return config
 
 
+def problem(name: str, value: Any, expected: str) -> str:
+  """The one message for a field that breaks its declaration."""
+  return f'config.{name} is {value!r}, expected {expected}'
+
+
+def check(name: str, value: Any, declared: Mapping[str, Field], error: type = ValueError) -> None:
+  """Raises `error` with the pre-flight's message when `value` breaks the declaration of `name`:
+  for callers of the Python API, whose values the pre-flight never sees."""
+  if not declared[name].accepts(value):
+    raise error(problem(name, value, declared[name].expected()))
+
+
 def violations(config: Any, declared: Mapping[str, Field]) -> list[tuple[str, Any, str]]:
   """(field, value, what was expected) for every declared field whose value breaks its
   declaration, or that the config lacks (a hand-edited config.json)."""

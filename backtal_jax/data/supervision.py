@@ -23,14 +23,11 @@ CONFIG_FIELDS = {  # see core/fields.py
 
 
 def check_supervision(supervision: str) -> None:
-  if supervision not in SUPERVISIONS:
-    raise ValueError(f'config.train.supervision must be one of {SUPERVISIONS}, got {supervision!r}')
+  fields.check('train.supervision', supervision, CONFIG_FIELDS)
 
 
 def check_action_clicks(action_clicks: str) -> None:
-  if action_clicks not in ACTION_CLICK_SOURCES:
-    raise errors.UserError(f'config.train.action_clicks must be one of {ACTION_CLICK_SOURCES}, '
-                           f'got {action_clicks!r}')
+  fields.check('train.action_clicks', action_clicks, CONFIG_FIELDS, errors.UserError)
 
 
 def needs_action_clicks(supervision: str) -> bool:

@@ -24,7 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backtal_jax.core import fields
+
 AFFINITIES = ('official', 'paper')
+CONFIG_FIELDS = {'model.affinity': fields.choice(*AFFINITIES)}
 KERNEL_SIZE = 3
 
 
@@ -113,8 +116,7 @@ _ONE_VIDEO = {'official': _official_one_video, 'paper': _paper_one_video}
 
 
 def check_affinity(affinity: str) -> None:
-  if affinity not in AFFINITIES:
-    raise ValueError(f'affinity must be one of {AFFINITIES}, got {affinity!r}')
+  fields.check('model.affinity', affinity, CONFIG_FIELDS)
 
 
 @functools.partial(jax.jit, static_argnames=('affinity', 'precision'))

@@ -20,16 +20,16 @@ import jax
 import jax.numpy as jnp
 
 from backtal_jax.core import batch_rows
+from backtal_jax.core import fields
 from backtal_jax.model import affinity
 from backtal_jax.model import affinity_pallas
 
 AFFINITY_KERNELS = ('auto', 'xla', 'pallas')
+CONFIG_FIELDS = {'model.affinity_kernel': fields.choice(*AFFINITY_KERNELS)}
 
 
 def check_affinity_kernel(affinity_kernel: str) -> None:
-  if affinity_kernel not in AFFINITY_KERNELS:
-    raise ValueError(f'config.model.affinity_kernel is {affinity_kernel!r}, expected one of '
-                     f'{AFFINITY_KERNELS}')
+  fields.check('model.affinity_kernel', affinity_kernel, CONFIG_FIELDS)
 
 
 def _replicated_on_a_mesh(x_BxTxI: jax.Array) -> bool:

@@ -34,9 +34,8 @@ CONFIG_FIELDS = {
     'model.embed_dim': fields.integer(1),
     'model.topk_ratio': fields.number(0, 1, low_open=True),
     'model.dropout_rate': fields.number(0, 1, high_open=True),
-    'model.affinity': fields.choice('official', 'paper'),
     'model.dtype': fields.choice('float32', 'bfloat16'),
-    'model.affinity_kernel': fields.choice(*affinity_select.AFFINITY_KERNELS),
+    **affinity.CONFIG_FIELDS, **affinity_select.CONFIG_FIELDS,
 }
 
 

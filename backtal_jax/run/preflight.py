@@ -62,9 +62,9 @@ DECLARED_FIELDS = {
 def batch_size_problems(config: ml_collections.ConfigDict, device_count: int,
                         names: Sequence[str] = ('train.batch_size', 'eval.batch_size')
                         ) -> list[str]:
-  return [f'config.{name} is {fields.value_at(config, name)!r}, expected a positive multiple of '
-          f'the device count ({device_count}): each device takes batch_size / {device_count} '
-          'videos' for name in names
+  expected = (f'a positive multiple of the device count ({device_count}): each device takes '
+              f'batch_size / {device_count} videos')
+  return [fields.problem(name, fields.value_at(config, name), expected) for name in names
           if not sharding.divides_over(fields.value_at(config, name), device_count)]
 
 
@@ -80,7 +80,7 @@ def checked_config(config: ml_collections.ConfigDict, device_count: int, *,
                    ) -> tuple[list[str], annotations.GroundTruth | None]:
   """config_problems, and the ground truth loaded to check it (None unless `training`)."""
   ground_truth = None
-  bad = {name: f'config.{name} is {value!r}, expected {expected}'
+  bad = {name: fields.problem(name, value, expected)
          for name, value, expected in fields.violations(config, DECLARED_FIELDS)}
   problems = list(bad.values())
   good = lambda *names: not any(name in bad for name in names)
