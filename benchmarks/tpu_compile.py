@@ -33,6 +33,7 @@ from backtal_jax.reporting import logs
 from backtal_jax.run import optimizer
 from backtal_jax.run import train
 from backtal_jax.run import train_state
+from benchmarks import hlo_breakdown
 from benchmarks import supervision_study
 from configs import activitynet12
 from configs import hacs
@@ -121,6 +122,8 @@ def per_chip_report(compiled: jax.stages.Compiled, chip: Chip) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
   flops, accessed = float(cost['flops']), float(cost['bytes accessed'])
+  instructions = hlo_breakdown.parse(compiled.as_text())
+  in_hbm = sum(i.hbm_bytes for i in instructions)
   hbm = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
          memory.output_size_in_bytes - memory.alias_size_in_bytes)
   return {
@@ -136,6 +139,11 @@ def per_chip_report(compiled: jax.stages.Compiled, chip: Chip) -> dict:
       'compute_ms': flops / chip.peak_flops * 1e3,
       'memory_ms': accessed / chip.hbm_bandwidth * 1e3,
       'roofline_ms': max(flops / chip.peak_flops, accessed / chip.hbm_bandwidth) * 1e3,
+      # The compiler's count adds up every memory; read from the program, HBM's share alone
+      # (the kernels' at their tiles' traffic) sets a memory-bound step's time.
+      'gb_hbm': in_hbm / 1e9,
+      'gb_on_chip': sum(i.alternate_bytes for i in instructions) / 1e9,
+      'hbm_roofline_ms': max(flops / chip.peak_flops, in_hbm / chip.hbm_bandwidth) * 1e3,
   }
 
 
@@ -148,7 +156,7 @@ def dataset_config(dataset: str, overrides: Sequence[str]) -> ml_collections.Con
   return config
 
 
-def measure(topology: str, dataset: str, overrides: Sequence[str] = ()) -> dict:
+def measure(topology: str, dataset: str, overrides: Sequence[str] = (), hlo_dir: str = '') -> dict:
   """One row of the table: the compiled step of `dataset` on the slice `topology`."""
   generation = topology.split(':')[0]
   if generation not in CHIPS:
@@ -159,6 +167,9 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = ()) -> dict:
   sharding.check_global_batch_size(config.train.batch_size, len(devices))
   started = time.monotonic()
   compiled = compile_train_step(config, devices)
+  if hlo_dir:
+    name = '_'.join([topology.replace(':', '_'), dataset, *overrides]).replace('=', '-')
+    (pathlib.Path(hlo_dir) / f'{name}.txt').write_text(compiled.as_text())
   return {
       'topology': topology, 'dataset': dataset, 'overrides': list(overrides),
       'chips': len(devices), 'hosts': len({d.process_index for d in devices}),
@@ -169,18 +180,20 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = ()) -> dict:
 
 
 def markdown(rows: Sequence[dict]) -> str:
-  lines = ['| slice | chips (hosts) | dataset B x T | overrides | TFLOP | GB accessed | HBM MiB '
-           '(args + temps + outs) | of HBM | compute ms | memory ms | roofline ms |',
-           '|' + ' --- |' * 11]
+  lines = ['| slice | chips (hosts) | dataset B x T | overrides | TFLOP | GB accessed | GB in HBM '
+           '(on chip) | HBM MiB (args + temps + outs) | of HBM | compute ms | memory ms | roofline '
+           'ms | roofline ms by HBM bytes |',
+           '|' + ' --- |' * 13]
   for r in rows:
     hbm = r['hbm_mib']
     lines.append(
         f"| {r['topology']} | {r['chips']} ({r['hosts']}) | {r['dataset']} {r['batch']} x "
         f"{r['segments']} | {' '.join(r['overrides']) or '-'} | {r['tflop']:.3f} | "
-        f"{r['gb_accessed']:.2f} | {hbm['total']:.0f} ({hbm['arguments']:.0f} + "
+        f"{r['gb_accessed']:.2f} | {r['gb_hbm']:.2f} ({r['gb_on_chip']:.2f}) | "
+        f"{hbm['total']:.0f} ({hbm['arguments']:.0f} + "
         f"{hbm['temporaries']:.0f} + {hbm['outputs']:.0f} - {hbm['aliased']:.0f} aliased) | "
         f"{r['hbm_fraction']:.1%} | {r['compute_ms']:.2f} | {r['memory_ms']:.2f} | "
-        f"{r['roofline_ms']:.2f} |")
+        f"{r['roofline_ms']:.2f} | {r['hbm_roofline_ms']:.2f} |")
   return '\n'.join(lines)
 
 
@@ -195,6 +208,8 @@ def define_flags() -> None:
                     f'Official shapes to compile ({", ".join(DATASETS)}).')
   flags.DEFINE_list('set', [], 'Config overrides, key=value (e.g. model.dtype=bfloat16).')
   flags.DEFINE_string('json_out', '', 'Append the rows to this JSON file.')
+  flags.DEFINE_string('hlo_dir', '', 'Write each optimized program here too (for '
+                      'benchmarks/hlo_breakdown.py).')
 
 
 def main(argv):
@@ -209,7 +224,7 @@ def main(argv):
   rows = []
   for topology in topologies_:
     for dataset in FLAGS.datasets:
-      rows.append(measure(topology, dataset, FLAGS.set))
+      rows.append(measure(topology, dataset, FLAGS.set, FLAGS.hlo_dir))
       print(markdown(rows[-1:]).splitlines()[-1], f"(compiled in {rows[-1]['compile_s']:.0f} s)",
             flush=True)
       if FLAGS.json_out:

@@ -1,7 +1,12 @@
 """The fused Pallas affinity kernels, run in TPU interpret mode on the CPU, against the naive
 definitions; the implementation each platform gets; a debug training through the kernel."""
 
+import itertools
+
+import hypothesis
+from hypothesis import strategies as st
 import jax
+from jax.experimental import pallas as pl
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,9 +52,9 @@ def relative_errors(ours, reference):
           for a, b in zip(ours, reference)]
 
 
-# (affinity, dtype, B, T, I, O): T over one and several frame tiles (750: 512 + 238 with halos),
-# widths that are and are not multiples of 3 and of 128, several channel tiles (384 = 3 x 128),
-# batch 1 and 5 (five videos of T = 17 or 1 side by side in one block).
+# (affinity, dtype, B, T, I, O): T over one and several frame tiles (750 with halos, see
+# TILINGS), widths that are and are not multiples of 3 and of 128, several channel tiles
+# (384 = 3 x 128), batch 1 and 5 (five videos of T = 17 or 1 side by side in one block).
 CASES = [
     ('official', 'float32', 1, 750, 128, 136),
     ('paper', 'float32', 5, 100, 12, 7),
@@ -59,9 +64,18 @@ CASES = [
 ]
 
 
+# 'searched': the tiles geometry() picks (whole short videos side by side, one frame tile of
+# T = 750 at these widths); 'small': the smallest it may pick, so that T = 750 spans three frame
+# tiles (halos) and 384 channels three channel tiles.
+TILINGS = {'searched': {}, 'small': {'ROW_TILES': (256,), 'CHANNEL_TILES': (128,)}}
+
+
+@pytest.mark.parametrize('tiling', sorted(TILINGS))
 @pytest.mark.parametrize('affinity,dtype,batch,length,c_in,c_out', CASES)
 def test_kernel_and_its_three_gradients_match_the_naive_form(affinity, dtype, batch, length,
-                                                             c_in, c_out):
+                                                             c_in, c_out, tiling, monkeypatch):
+  for name, value in TILINGS[tiling].items():
+    monkeypatch.setattr(affinity_pallas, name, value)
   inputs = random_inputs(batch, length, c_in, c_out, dtype)
   kernel = lambda x, s, w: affinity_pallas.fused_affinity_conv(x, s, w, affinity=affinity,
                                                                interpret=True)
@@ -136,3 +150,38 @@ def test_debug_training_through_the_kernel_has_the_xla_forms_losses(tmp_path):
   for xla, kernel in zip(losses['xla'], losses['pallas']):
     for key in ('loss', 'grad_norm'):
       np.testing.assert_allclose(kernel[key], xla[key], rtol=2e-6, err_msg=key)
+
+
+@hypothesis.given(grid=st.lists(st.integers(1, 4), min_size=1, max_size=4), data=st.data())
+def test_block_copies_counts_what_the_pipeline_fetches(grid, data):
+  """The closed form against stepping through the grid: a block is fetched at the first step
+  and whenever its index differs from the step before."""
+  read = data.draw(st.lists(st.sampled_from(range(len(grid))), unique=True))
+  spec = pl.BlockSpec((1,) * len(read), lambda *step: tuple(step[a] for a in read))
+  fetched, previous = 0, None
+  for step in itertools.product(*map(range, grid)):
+    index = spec.index_map(*step)
+    fetched += index != previous
+    previous = index
+  assert affinity_pallas.block_copies(tuple(grid), spec) == fetched
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('batch,length', [(8, 750), (64, 100), (32, 200)])
+def test_geometry_moves_fewer_bytes_than_fixed_tiles_within_the_vmem_budget(batch, length,
+                                                                            dtype):
+  """Per chip at each dataset's shape (width 2048, both passes): the searched tiles fit the
+  VMEM budget and move fewer HBM bytes than the fixed tiles used before the search (blocks of
+  512 rows, a long video cut 512 + remainder; 256 float32 or 512 bfloat16 channels)."""
+  itemsize = jnp.dtype(dtype).itemsize
+  geo = affinity_pallas.geometry(batch, length, 2048, 2048, 'official', itemsize)
+  frames = min(512, -(-length // 16) * 16)
+  channels = 1024 // itemsize
+  fixed = affinity_pallas.Geometry(batch, length, 2048, 2048, 'official',
+                                   min(batch, 512 // frames), frames, channels, channels, itemsize)
+  moved = lambda g: sum(plan.moved_bytes() for plan in affinity_pallas.plans(g))
+  assert max(p.vmem_bytes() for p in affinity_pallas.plans(geo)) <= (
+      affinity_pallas.VMEM_BUDGET_BYTES)
+  assert moved(geo) < moved(fixed)
+  assert geo.frame_tiles * geo.frame_tile - length < affinity_pallas.FRAME_ALIGN
+  assert batch % geo.batch_tile == 0

@@ -27,6 +27,7 @@ elementwise work is done in float32, and the products' operands are in the input
 
 import dataclasses
 import functools
+import math
 
 import jax
 from jax.experimental import pallas as pl
@@ -40,10 +41,13 @@ from backtal_jax.model import affinity as affinity_lib
 
 TAPS = affinity_lib.KERNEL_SIZE
 FRAME_ALIGN = 16  # frames of a block: a multiple of a (16, 128) bfloat16 tile (two of float32)
-ROW_TILE = 512  # frames per block (a long video's tile, or short videos side by side)
-CHANNEL_TILES = (512, 256, 128)  # channel tiles tried in order; a width none divides is one tile
-TILE_LANE_BYTES = 1024  # at most 512 bfloat16 or 256 float32 channels per tile: v4's VMEM is 16 MiB
+ROW_TILES = (256, 512, 768, 1024, 1536, 2048)  # rows a block may hold (frames of one video's tile,
+# or several short videos side by side), tried by `geometry`
+CHANNEL_TILES = (2048, 1024, 512, 256, 128)  # channel tiles tried; a width none divides is one tile
 VMEM_LIMIT_BYTES = 16 * 2**20  # what the largest kernel may take (TPU v4 has no more)
+# What `geometry` lets its estimate of a kernel's VMEM (Plan.vmem_bytes) reach: a margin below
+# the limit for shapes unlike those the estimate was fitted to.
+VMEM_BUDGET_BYTES = 15 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Geometry:
   frame_tile: int
   in_tile: int
   out_tile: int
+  itemsize: int = 4  # bytes of an element of x, the similarities, the kernel and the results
 
   @property
   def batch_tiles(self) -> int:
@@ -85,20 +90,39 @@ class Geometry:
     return self.batch_tile * self.frame_tile
 
 
-def channel_tile(width: int, itemsize: int) -> int:
-  """The largest of CHANNEL_TILES within TILE_LANE_BYTES dividing `width`, else the whole width
-  (one block, no ragged edge, so that no reduction over channels ever sums padding)."""
-  tiles = [tile for tile in CHANNEL_TILES if tile * itemsize <= TILE_LANE_BYTES]
-  return next((tile for tile in tiles if width % tile == 0), width)
+def _channel_tiles(width: int) -> list[int]:
+  """Channel tiles that divide `width`, else the whole width (one block: no reduction over
+  channels ever sums a ragged edge's padding)."""
+  return [tile for tile in CHANNEL_TILES if width % tile == 0] or [width]
+
+
+def _row_tiles(batch: int, length: int, row_tile: int) -> tuple[int, int]:
+  """(videos, frames) of a block of at most `row_tile` rows. A video longer than that is cut into
+  equal tiles rather than row_tile and a remainder, so that a tile pads fewer than FRAME_ALIGN
+  frames (THUMOS14's 750: two tiles of 384, not 512 + 512 with 274 padded frames, whose
+  products the MXU would compute too); shorter videos sit side by side, as many as divide B."""
+  tiles = pl.cdiv(length, row_tile)
+  frame_tile = pl.cdiv(pl.cdiv(length, tiles), FRAME_ALIGN) * FRAME_ALIGN
+  fits = max(1, row_tile // frame_tile)
+  return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0), frame_tile
 
 
 def geometry(batch: int, length: int, c_in: int, c_out: int, affinity: str,
              itemsize: int = 4) -> Geometry:
-  aligned = pl.cdiv(length, FRAME_ALIGN) * FRAME_ALIGN
-  frame_tile = min(ROW_TILE, aligned)
-  batch_tile = max(1, min(batch, ROW_TILE // frame_tile))
-  return Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile,
-                  channel_tile(c_in, itemsize), channel_tile(c_out, itemsize))
+  """The tiles that move the fewest HBM bytes through the three kernels (Plan.moved_bytes: the
+  weights are re-read once per block of rows, the inputs once per block of channels) among those
+  whose estimated VMEM fits VMEM_BUDGET_BYTES; fewer grid steps break ties."""
+  shapes = {_row_tiles(batch, length, rows) for rows in ROW_TILES}
+  candidates = [Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile, in_tile,
+                         out_tile, itemsize)
+                for batch_tile, frame_tile in shapes for in_tile in _channel_tiles(c_in)
+                for out_tile in _channel_tiles(c_out)]
+  fitting = [geo for geo in candidates if max(p.vmem_bytes() for p in plans(geo)) <=
+             VMEM_BUDGET_BYTES]
+  if not fitting:  # a width no tile divides: its smallest footprint, which Mosaic may refuse
+    return min(candidates, key=lambda geo: max(p.vmem_bytes() for p in plans(geo)))
+  return min(fitting, key=lambda geo: (sum(p.moved_bytes() for p in plans(geo)),
+                                       sum(math.prod(p.grid) for p in plans(geo))))
 
 
 def halos(v_BxTxX: jax.Array, geo: Geometry) -> tuple[jax.Array, jax.Array]:
@@ -294,79 +318,153 @@ def _compiler_params(*semantics):
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=VMEM_LIMIT_BYTES)
 
 
-def _cost(geo: Geometry, operands, results) -> pl.CostEstimate:
-  """Three [B*T, I] x [I, O] products, and each operand and result moved once: the convention by
-  which the compiler counts its own fusions (re-reads of a tile are not counted)."""
-  flops = 2 * TAPS * geo.batch * geo.length * geo.c_in * geo.c_out
-  moved = sum(a.size * a.dtype.itemsize for a in (*operands, *results))
-  return pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=moved)
+def block_copies(grid: tuple[int, ...], spec: pl.BlockSpec) -> int:
+  """How often the pipeline copies a block of `spec` over the grid (row-major, last axis
+  fastest): at the first step and again whenever the block index changes. It changes whenever an
+  axis at or before the innermost one the index reads moves, so the copies are the product of
+  the grid up to that axis."""
+  origin = tuple(int(i) for i in spec.index_map(*[0] * len(grid)))
+  read = [axis for axis, size in enumerate(grid) if size > 1 and origin != tuple(
+      int(i) for i in spec.index_map(*[int(a == axis) for a in range(len(grid))]))]
+  return math.prod(grid[:read[-1] + 1]) if read else 1
+
+
+def _vmem_tile_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+  """Bytes of a block in VMEM: its last two dimensions padded to whole (8 x 32-bit, 128) tiles."""
+  shape = (1, 1, *shape)
+  sublanes = 8 * 4 // itemsize
+  rows, lanes = pl.cdiv(shape[-2], sublanes) * sublanes, pl.cdiv(shape[-1], 128) * 128
+  return math.prod(shape[:-2]) * rows * lanes * itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """One kernel's grid and blocks: what pallas_call runs, and what its cost and VMEM are.
+
+  Specs come with the itemsize of their array. `temporaries`: how many float32 [rows, in_tile]
+  and [rows, out_tile] values the kernel body holds at once (taps, scales, products). They were
+  fitted to Mosaic's own account of 224 tilings compiled for a TPU v4 (both dtypes, the three
+  dataset shapes; none it refused is estimated under 16 MiB), then rounded up.
+  """
+  geo: Geometry
+  grid: tuple[int, ...]
+  semantics: tuple[str, ...]
+  in_specs: tuple[tuple[pl.BlockSpec, int], ...]
+  out_specs: tuple[tuple[pl.BlockSpec, int], ...]
+  scratch: tuple[tuple[int, ...], ...]  # float32 VMEM scratch shapes
+  temporaries: tuple[float, float]  # float32 [rows, in_tile] and [rows, out_tile] values
+
+  def moved_bytes(self) -> int:
+    """HBM bytes the tiling moves: each block times its copies (operands read, results written),
+    re-reads included."""
+    return sum(block_copies(self.grid, spec) * math.prod(d or 1 for d in spec.block_shape) * size
+               for spec, size in (*self.in_specs, *self.out_specs))
+
+  def vmem_bytes(self) -> int:
+    """Two buffers of every block (the pipeline fetches the next while one is used), the
+    scratch and the body's temporaries."""
+    blocks = sum(_vmem_tile_bytes(tuple(d for d in spec.block_shape if d is not None), size)
+                 for spec, size in (*self.in_specs, *self.out_specs))
+    scratch = sum(_vmem_tile_bytes(shape, 4) for shape in self.scratch)
+    per_input, per_output = self.temporaries
+    body = (per_input * _vmem_tile_bytes((self.geo.rows, self.geo.in_tile), 4) +
+            per_output * _vmem_tile_bytes((self.geo.rows, self.geo.out_tile), 4))
+    return 2 * blocks + scratch + body
+
+  def cost(self) -> pl.CostEstimate:
+    """Three [B*T, I] x [I, O] products and the tiling's HBM traffic: what the kernel really
+    reads and writes, re-reads of weight and input tiles included (the compiler counts its own
+    fusions as each operand moved once)."""
+    geo = self.geo
+    flops = 2 * TAPS * geo.batch * geo.length * geo.c_in * geo.c_out
+    return pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=self.moved_bytes())
+
+
+def _forward_plan(geo: Geometry) -> Plan:
+  axes, e = (0, 1, 3), geo.itemsize  # grid axes of the batch, frame and input-channel blocks
+  return Plan(
+      geo, (geo.batch_tiles, geo.frame_tiles, geo.out_tiles, geo.in_tiles),
+      ('parallel', 'parallel', 'parallel', 'arbitrary'),
+      ((_tile_spec(geo, geo.in_tile, axes), e), (_halo_spec(geo, geo.in_tile, axes), e),
+       (_halo_spec(geo, geo.in_tile, axes), e), (_tile_spec(geo, TAPS, (0, 1, None)), e),
+       (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o)), e)),
+      ((_tile_spec(geo, geo.out_tile, (0, 1, 2)), e),),
+      ((geo.rows, geo.out_tile),), temporaries=(1.5, 0.5))
+
+
+def _input_plan(geo: Geometry) -> Plan:
+  e = geo.itemsize
+  rows_of = lambda tile, channel_axis: ((_tile_spec(geo, tile, (0, 1, channel_axis)), e),
+                                        (_halo_spec(geo, tile, (0, 1, channel_axis)), e),
+                                        (_halo_spec(geo, tile, (0, 1, channel_axis)), e))
+  return Plan(
+      geo, (geo.batch_tiles, geo.frame_tiles, geo.in_tiles, geo.out_tiles),
+      ('parallel', 'parallel', 'parallel', 'arbitrary'),
+      (*rows_of(geo.out_tile, 3),
+       (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, i, o: (0, i, o)), e),
+       *rows_of(geo.in_tile, 2), *rows_of(TAPS, None)),
+      ((_tile_spec(geo, geo.in_tile, (0, 1, 2)), e),
+       (pl.BlockSpec((None, geo.batch_tile, geo.frame_tile, TAPS), lambda b, t, i, o: (i, b, t, 0)),
+        4)),
+      ((TAPS, geo.rows, geo.in_tile), (geo.batch_tile, geo.in_tile),
+       (geo.batch_tile, geo.in_tile)), temporaries=(4.5, 1.0))
+
+
+def _kernel_grad_plan(geo: Geometry) -> Plan:
+  axes, e = (2, 3, 0), geo.itemsize  # grid axes of the batch, frame and input-channel blocks
+  return Plan(
+      geo, (geo.in_tiles, geo.out_tiles, geo.batch_tiles, geo.frame_tiles),
+      ('parallel', 'parallel', 'arbitrary', 'arbitrary'),
+      ((_tile_spec(geo, geo.in_tile, axes), e), (_halo_spec(geo, geo.in_tile, axes), e),
+       (_halo_spec(geo, geo.in_tile, axes), e), (_tile_spec(geo, TAPS, (2, 3, None)), e),
+       (_tile_spec(geo, geo.out_tile, (2, 3, 1)), e)),
+      ((pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda i, o, b, t: (0, i, o)), e),),
+      ((TAPS, geo.in_tile, geo.out_tile),), temporaries=(3.0, 0.5))
+
+
+def plans(geo: Geometry) -> tuple[Plan, Plan, Plan]:
+  """The forward, input-gradient and kernel-gradient kernels' plans for one geometry."""
+  return _forward_plan(geo), _input_plan(geo), _kernel_grad_plan(geo)
+
+
+def _call(body, name: str, plan: Plan, operands, results, precision, interpret: bool):
+  """pallas_call of `body` by `plan`, its cost estimated from the blocks it runs with."""
+  specs = lambda pairs: [spec for spec, _ in pairs]
+  out_specs = specs(plan.out_specs)
+  return pl.pallas_call(
+      functools.partial(body, geo=plan.geo, precision=precision), out_shape=results,
+      grid=plan.grid, in_specs=specs(plan.in_specs),
+      out_specs=tuple(out_specs) if isinstance(results, tuple) else out_specs[0],
+      scratch_shapes=[pltpu.VMEM(shape, jnp.float32) for shape in plan.scratch],
+      compiler_params=_compiler_params(*plan.semantics), cost_estimate=plan.cost(),
+      interpret=_interpret(interpret), name=name)(*operands)
 
 
 def forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision, interpret: bool):
-  x_halos = halos(x_BxTxI, geo)
-  out = jax.ShapeDtypeStruct((geo.batch, geo.length, geo.c_out), x_BxTxI.dtype)
-  axes = (0, 1, 3)  # grid axes of the batch, frame and input-channel blocks
-  return pl.pallas_call(
-      functools.partial(_forward_kernel, geo=geo, precision=precision),
-      out_shape=out,
-      grid=(geo.batch_tiles, geo.frame_tiles, geo.out_tiles, geo.in_tiles),
-      in_specs=[_tile_spec(geo, geo.in_tile, axes), _halo_spec(geo, geo.in_tile, axes),
-                _halo_spec(geo, geo.in_tile, axes), _tile_spec(geo, TAPS, (0, 1, None)),
-                pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o))],
-      out_specs=_tile_spec(geo, geo.out_tile, (0, 1, 2)),
-      scratch_shapes=[pltpu.VMEM((geo.rows, geo.out_tile), jnp.float32)],
-      compiler_params=_compiler_params('parallel', 'parallel', 'parallel', 'arbitrary'),
-      cost_estimate=_cost(geo, (x_BxTxI, similarity_BxTx3, kernel_KxIxO), (out,)),
-      interpret=_interpret(interpret), name='affinity_forward',
-  )(x_BxTxI, *x_halos, similarity_BxTx3, kernel_KxIxO)
+  return _call(_forward_kernel, 'affinity_forward', _forward_plan(geo),
+               (x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, kernel_KxIxO),
+               jax.ShapeDtypeStruct((geo.batch, geo.length, geo.c_out), x_BxTxI.dtype),
+               precision, interpret)
 
 
 def input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry,
                                precision, interpret: bool):
   """dx [B, T, I] and ds [B, T, 3] (the input blocks' parts summed here)."""
-  rows_of = lambda tile, channel_axis: (_tile_spec(geo, tile, (0, 1, channel_axis)),
-                                        _halo_spec(geo, tile, (0, 1, channel_axis)),
-                                        _halo_spec(geo, tile, (0, 1, channel_axis)))
-  results = (jax.ShapeDtypeStruct(x_BxTxI.shape, x_BxTxI.dtype),
-             jax.ShapeDtypeStruct((geo.in_tiles, geo.batch, geo.length, TAPS), jnp.float32))
-  dx_BxTxI, ds_parts = pl.pallas_call(
-      functools.partial(_input_kernel, geo=geo, precision=precision),
-      out_shape=results,
-      grid=(geo.batch_tiles, geo.frame_tiles, geo.in_tiles, geo.out_tiles),
-      in_specs=[*rows_of(geo.out_tile, 3),
-                pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, i, o: (0, i, o)),
-                *rows_of(geo.in_tile, 2), *rows_of(TAPS, None)],
-      out_specs=(_tile_spec(geo, geo.in_tile, (0, 1, 2)),
-                 pl.BlockSpec((None, geo.batch_tile, geo.frame_tile, TAPS),
-                              lambda b, t, i, o: (i, b, t, 0))),
-      scratch_shapes=[pltpu.VMEM((TAPS, geo.rows, geo.in_tile), jnp.float32),
-                      pltpu.VMEM((geo.batch_tile, geo.in_tile), jnp.float32),
-                      pltpu.VMEM((geo.batch_tile, geo.in_tile), jnp.float32)],
-      compiler_params=_compiler_params('parallel', 'parallel', 'parallel', 'arbitrary'),
-      cost_estimate=_cost(geo, (g_BxTxO, kernel_KxIxO, x_BxTxI, similarity_BxTx3), results),
-      interpret=_interpret(interpret), name='affinity_input_grad',
-  )(g_BxTxO, *halos(g_BxTxO, geo), kernel_KxIxO, x_BxTxI, *halos(x_BxTxI, geo),
-    similarity_BxTx3, *halos(similarity_BxTx3, geo))
+  dx_BxTxI, ds_parts = _call(
+      _input_kernel, 'affinity_input_grad', _input_plan(geo),
+      (g_BxTxO, *halos(g_BxTxO, geo), kernel_KxIxO, x_BxTxI, *halos(x_BxTxI, geo),
+       similarity_BxTx3, *halos(similarity_BxTx3, geo)),
+      (jax.ShapeDtypeStruct(x_BxTxI.shape, x_BxTxI.dtype),
+       jax.ShapeDtypeStruct((geo.in_tiles, geo.batch, geo.length, TAPS), jnp.float32)),
+      precision, interpret)
   return dx_BxTxI, jnp.sum(ds_parts, axis=0).astype(similarity_BxTx3.dtype)
 
 
 def kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision,
                 interpret: bool):
-  result = jax.ShapeDtypeStruct(kernel_KxIxO.shape, kernel_KxIxO.dtype)
-  axes = (2, 3, 0)  # grid axes of the batch, frame and input-channel blocks
-  return pl.pallas_call(
-      functools.partial(_kernel_grad_kernel, geo=geo, precision=precision),
-      out_shape=result,
-      grid=(geo.in_tiles, geo.out_tiles, geo.batch_tiles, geo.frame_tiles),
-      in_specs=[_tile_spec(geo, geo.in_tile, axes), _halo_spec(geo, geo.in_tile, axes),
-                _halo_spec(geo, geo.in_tile, axes), _tile_spec(geo, TAPS, (2, 3, None)),
-                _tile_spec(geo, geo.out_tile, (2, 3, 1))],
-      out_specs=pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda i, o, b, t: (0, i, o)),
-      scratch_shapes=[pltpu.VMEM((TAPS, geo.in_tile, geo.out_tile), jnp.float32)],
-      compiler_params=_compiler_params('parallel', 'parallel', 'arbitrary', 'arbitrary'),
-      cost_estimate=_cost(geo, (x_BxTxI, similarity_BxTx3, g_BxTxO), (result,)),
-      interpret=_interpret(interpret), name='affinity_kernel_grad',
-  )(x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, g_BxTxO)
+  return _call(_kernel_grad_kernel, 'affinity_kernel_grad', _kernel_grad_plan(geo),
+               (x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, g_BxTxO),
+               jax.ShapeDtypeStruct(kernel_KxIxO.shape, kernel_KxIxO.dtype), precision, interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
