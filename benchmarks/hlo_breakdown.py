@@ -158,9 +158,12 @@ def report(instructions: Sequence[Instruction], top: int, depth: int) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('top', 40, 'Rows of each table.')
-flags.DEFINE_integer('depth', 4, 'Parts of the op_name path to group by.')
-flags.DEFINE_string('json_out', '', 'Write every instruction as JSON here too.')
+
+
+def define_flags() -> None:
+  flags.DEFINE_integer('top', 40, 'Rows of each table.')
+  flags.DEFINE_integer('depth', 4, 'Parts of the op_name path to group by.')
+  flags.DEFINE_string('json_out', '', 'Write every instruction as JSON here too.')
 
 
 def main(argv):
@@ -175,4 +178,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -171,8 +171,9 @@ def test_block_copies_counts_what_the_pipeline_fetches(grid, data):
 def test_geometry_moves_fewer_bytes_than_fixed_tiles_within_the_vmem_budget(batch, length,
                                                                             dtype):
   """Per chip at each dataset's shape (width 2048, both passes): the searched tiles fit the
-  VMEM budget and move fewer HBM bytes than the fixed tiles used before the search (blocks of
-  512 rows, a long video cut 512 + remainder; 256 float32 or 512 bfloat16 channels)."""
+  VMEM budget and move no more HBM bytes than the fixed tiles used before the search (blocks of
+  512 rows, a long video cut 512 + remainder; 256 float32 or 512 bfloat16 channels), which the
+  search may pick again (ActivityNet1.2's shape in bfloat16)."""
   itemsize = jnp.dtype(dtype).itemsize
   geo = affinity_pallas.geometry(batch, length, 2048, 2048, 'official', itemsize)
   frames = min(512, -(-length // 16) * 16)
@@ -182,6 +183,6 @@ def test_geometry_moves_fewer_bytes_than_fixed_tiles_within_the_vmem_budget(batc
   moved = lambda g: sum(plan.moved_bytes() for plan in affinity_pallas.plans(g))
   assert max(p.vmem_bytes() for p in affinity_pallas.plans(geo)) <= (
       affinity_pallas.VMEM_BUDGET_BYTES)
-  assert moved(geo) < moved(fixed)
+  assert moved(geo) <= moved(fixed)
   assert geo.frame_tiles * geo.frame_tile - length < affinity_pallas.FRAME_ALIGN
   assert batch % geo.batch_tile == 0
