@@ -6,8 +6,11 @@ CI does not install libtpu (a ~700 MB wheel for a check that TPU users run thems
 
 import importlib.util
 
+import jax
 import pytest
 
+from backtal_jax.core import sharding
+from backtal_jax.model import affinity_pallas
 from benchmarks import tpu_compile
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
@@ -57,3 +60,32 @@ def test_accelerator_types_name_known_slices():
     assert accelerator.startswith(generation.replace('v5e', 'v5litepod')), accelerator
     per_chip = 2 if generation in ('v4', 'v5p') else 1  # TensorCores in the v4/v5p type names
     assert int(accelerator.split('-')[1]) == chips * per_chip, accelerator
+
+
+@pytest.mark.parametrize('topology', ['v4:2x2x1', 'v5e:2x2'])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_the_kernels_tiles_fit_the_vmem_of_each_generation(topology, dtype):
+  """THUMOS14's per-chip shape through the kernels and their gradients, on a one-chip mesh of the
+  generation: the tiles geometry() picks for its VMEM limit (16 MiB on v4, 64 MiB on v5e)
+  compile, and the kernels' cost estimates are their tiles' traffic."""
+  device = tpu_compile.topology_devices(topology)[0]
+  mesh = sharding.make_mesh([device])
+  limit = affinity_pallas.vmem_limit(device.device_kind)
+  assert limit == (16 if topology.startswith('v4') else 64) * 2**20
+  with jax.set_mesh(mesh):
+    videos, whole = sharding.batch_sharding(mesh), sharding.replicated_sharding(mesh)
+    array = lambda *shape, where=videos: jax.ShapeDtypeStruct(shape, dtype, sharding=where)
+
+    def output_and_grads(x, s, w, g):
+      out, vjp = jax.vjp(affinity_pallas.fused_affinity_conv, x, s, w)
+      return out, vjp(g)
+
+    compiled = jax.jit(output_and_grads).lower(
+        array(8, 750, 2048), array(8, 750, 3), array(3, 2048, 2048, where=whole),
+        array(8, 750, 2048)).compile()
+  geo = affinity_pallas.geometry(8, 750, 2048, 2048, 'official', jax.numpy.dtype(dtype).itemsize,
+                                 limit)
+  hlo = compiled.as_text()
+  for plan in affinity_pallas.plans(geo):
+    assert f'"bytes_accessed":"{plan.moved_bytes()}"' in hlo
+    assert plan.vmem_bytes() <= limit

@@ -41,13 +41,17 @@ from backtal_jax.model import affinity as affinity_lib
 
 TAPS = affinity_lib.KERNEL_SIZE
 FRAME_ALIGN = 16  # frames of a block: a multiple of a (16, 128) bfloat16 tile (two of float32)
-ROW_TILES = (256, 512, 768, 1024, 1536, 2048)  # rows a block may hold (frames of one video's tile,
-# or several short videos side by side), tried by `geometry`
+ROW_TILES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)  # rows a block may hold (frames of one
+# video's tile, or several short videos side by side), tried by `geometry`
 CHANNEL_TILES = (2048, 1024, 512, 256, 128)  # channel tiles tried; a width none divides is one tile
-VMEM_LIMIT_BYTES = 16 * 2**20  # what the largest kernel may take (TPU v4 has no more)
-# What `geometry` lets its estimate of a kernel's VMEM (Plan.vmem_bytes) reach: a margin below
-# the limit for shapes unlike those the estimate was fitted to.
-VMEM_BUDGET_BYTES = 15 * 2**20
+# The VMEM a kernel may take, by the device kind of the mesh it runs on: a TPU v4 core has 16 MiB;
+# v5e, v5p and v6e compile kernels of 64 MiB and more (checked with their compilers here). Other
+# kinds (the CPU's interpret mode, TPUs not listed) get v4's.
+VMEM_LIMIT_BYTES = 16 * 2**20
+VMEM_LIMITS_BY_KIND = {'TPU v5 lite': 64 * 2**20, 'TPU v5': 64 * 2**20, 'TPU v6 lite': 64 * 2**20}
+# What `geometry` lets its estimate of a kernel's VMEM (Plan.vmem_bytes) reach, as a share of the
+# limit: a margin for shapes unlike those the estimate was fitted to.
+VMEM_BUDGET_SHARE = 15 / 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Geometry:
   in_tile: int
   out_tile: int
   itemsize: int = 4  # bytes of an element of x, the similarities, the kernel and the results
+  vmem_limit: int = VMEM_LIMIT_BYTES  # bytes of VMEM each kernel may take
 
   @property
   def batch_tiles(self) -> int:
@@ -107,18 +112,22 @@ def _row_tiles(batch: int, length: int, row_tile: int) -> tuple[int, int]:
   return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0), frame_tile
 
 
+def vmem_limit(device_kind: str | None) -> int:
+  return VMEM_LIMITS_BY_KIND.get(device_kind, VMEM_LIMIT_BYTES)
+
+
 def geometry(batch: int, length: int, c_in: int, c_out: int, affinity: str,
-             itemsize: int = 4) -> Geometry:
+             itemsize: int = 4, limit: int = VMEM_LIMIT_BYTES) -> Geometry:
   """The tiles that move the fewest HBM bytes through the three kernels (Plan.moved_bytes: the
   weights are re-read once per block of rows, the inputs once per block of channels) among those
-  whose estimated VMEM fits VMEM_BUDGET_BYTES; fewer grid steps break ties."""
+  whose estimated VMEM fits VMEM_BUDGET_SHARE of `limit`; fewer grid steps break ties."""
   shapes = {_row_tiles(batch, length, rows) for rows in ROW_TILES}
   candidates = [Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile, in_tile,
-                         out_tile, itemsize)
+                         out_tile, itemsize, limit)
                 for batch_tile, frame_tile in shapes for in_tile in _channel_tiles(c_in)
                 for out_tile in _channel_tiles(c_out)]
   fitting = [geo for geo in candidates if max(p.vmem_bytes() for p in plans(geo)) <=
-             VMEM_BUDGET_BYTES]
+             VMEM_BUDGET_SHARE * limit]
   if not fitting:  # a width no tile divides: its smallest footprint, which Mosaic may refuse
     return min(candidates, key=lambda geo: max(p.vmem_bytes() for p in plans(geo)))
   return min(fitting, key=lambda geo: (sum(p.moved_bytes() for p in plans(geo)),
@@ -314,8 +323,8 @@ def _interpret(interpret: bool):
   return pltpu.InterpretParams() if interpret else False
 
 
-def _compiler_params(*semantics):
-  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=VMEM_LIMIT_BYTES)
+def _compiler_params(geo: Geometry, semantics):
+  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=geo.vmem_limit)
 
 
 def block_copies(grid: tuple[int, ...], spec: pl.BlockSpec) -> int:
@@ -436,7 +445,7 @@ def _call(body, name: str, plan: Plan, operands, results, precision, interpret: 
       grid=plan.grid, in_specs=specs(plan.in_specs),
       out_specs=tuple(out_specs) if isinstance(results, tuple) else out_specs[0],
       scratch_shapes=[pltpu.VMEM(shape, jnp.float32) for shape in plan.scratch],
-      compiler_params=_compiler_params(*plan.semantics), cost_estimate=plan.cost(),
+      compiler_params=_compiler_params(plan.geo, plan.semantics), cost_estimate=plan.cost(),
       interpret=_interpret(interpret), name=name)(*operands)
 
 
@@ -489,10 +498,20 @@ def _fused_backward(geo, precision, interpret, residuals, g_BxTxO):
 _fused.defvjp(_fused_forward, _fused_backward)
 
 
-def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret):
+def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret,
+               limit):
   batch, length, c_in = x_BxTxI.shape
-  geo = geometry(batch, length, c_in, kernel_KxIxO.shape[-1], affinity, x_BxTxI.dtype.itemsize)
+  geo = geometry(batch, length, c_in, kernel_KxIxO.shape[-1], affinity, x_BxTxI.dtype.itemsize,
+                 limit)
   return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+
+
+def _device_kind(mesh) -> str | None:
+  """The kind of device the kernels are compiled for: the mesh's (a step compiled on a CPU host
+  for a TPU slice has the slice's), else the default device's on a TPU host; None off TPUs."""
+  if not mesh.empty and mesh.abstract_device is not None:
+    return mesh.abstract_device.device_kind
+  return jax.devices()[0].device_kind if jax.default_backend() == 'tpu' else None
 
 
 def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array,
@@ -505,9 +524,10 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
   since the compiler cannot partition a kernel it does not see into.
   """
   affinity_lib.check_affinity(affinity)
-  one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
-                                interpret=interpret)
   typed = jax.typeof(x_BxTxI).sharding
+  limit = VMEM_LIMIT_BYTES if interpret else vmem_limit(_device_kind(typed.mesh))
+  one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
+                                interpret=interpret, limit=limit)
   if typed.mesh.empty:
     return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   # Under a mesh a pallas_call must sit in shard_map, even on one device.
