@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backtal_jax.core import sharding
 from backtal_jax.model import affinity as affinity_lib
 from backtal_jax.model import affinity_pallas
 
@@ -365,24 +366,36 @@ def count_one(fn: Callable, args: tuple, chip) -> dict:
 
 def tpu_counts(shapes, affinity_names, modes, precision_names, formulation_names,
                generations) -> list[dict]:
-  """Each form (and the dense matmul) compiled for one chip of each TPU generation, counted."""
+  """Each form (and the dense matmul) compiled for one chip of each TPU generation, counted; on a
+  one-chip mesh, as a run has, so that the kernel takes that generation's VMEM for its tiles."""
   from benchmarks import tpu_compile  # pylint: disable=g-import-not-at-top
   rows = []
   for generation in generations:
     device = tpu_compile.topology_devices(TPU_GENERATIONS[generation])[0]
     chip = tpu_compile.CHIPS[generation]
-    on_chip = jax.sharding.SingleDeviceSharding(device)
+    mesh = sharding.make_mesh([device])
+    rows += _counts_on(mesh, chip, generation, shapes, affinity_names, modes, precision_names,
+                       formulation_names)
+  return rows
+
+
+def _counts_on(mesh, chip, generation, shapes, affinity_names, modes, precision_names,
+               formulation_names) -> list[dict]:
+  rows = []
+  videos, whole = sharding.batch_sharding(mesh), sharding.replicated_sharding(mesh)
+  with jax.set_mesh(mesh):
     for dataset, shape in shapes:
       batch, length, width = shape
       for mode in modes:
         for precision_name in precision_names:
           dtype, precision = PRECISIONS[precision_name]
-          abstract = lambda *dims: jax.ShapeDtypeStruct(dims, dtype, sharding=on_chip)
+          abstract = lambda *dims, where=videos: jax.ShapeDtypeStruct(dims, dtype, sharding=where)
           args = (abstract(batch, length, width), abstract(batch, length, 3),
-                  abstract(affinity_lib.KERNEL_SIZE, width, width), abstract(batch, length, width))
+                  abstract(affinity_lib.KERNEL_SIZE, width, width, where=whole),
+                  abstract(batch, length, width))
           args = args if mode == 'forward_backward' else args[:3]
           depth = affinity_lib.KERNEL_SIZE * width
-          dense_args = (abstract(batch * length, depth), abstract(depth, width),
+          dense_args = (abstract(batch * length, depth), abstract(depth, width, where=whole),
                         abstract(batch * length, width))
           dense_args = dense_args if mode == 'forward_backward' else dense_args[:2]
           base = dict(generation=generation, dataset=dataset, batch=batch, length=length,

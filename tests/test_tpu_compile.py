@@ -66,7 +66,7 @@ def test_accelerator_types_name_known_slices():
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_the_kernels_tiles_fit_the_vmem_of_each_generation(topology, dtype):
   """THUMOS14's per-chip shape through the kernels and their gradients, on a one-chip mesh of the
-  generation: the tiles geometry() picks for its VMEM limit (16 MiB on v4, 64 MiB on v5e)
+  generation: the tiles geometries() picks for its VMEM limit (16 MiB on v4, 64 MiB on v5e)
   compile, and the kernels' cost estimates are their tiles' traffic."""
   device = tpu_compile.topology_devices(topology)[0]
   mesh = sharding.make_mesh([device])
@@ -83,9 +83,9 @@ def test_the_kernels_tiles_fit_the_vmem_of_each_generation(topology, dtype):
     compiled = jax.jit(output_and_grads).lower(
         array(8, 750, 2048), array(8, 750, 3), array(3, 2048, 2048, where=whole),
         array(8, 750, 2048)).compile()
-  geo = affinity_pallas.geometry(8, 750, 2048, 2048, 'official', jax.numpy.dtype(dtype).itemsize,
-                                 limit)
+  geos = affinity_pallas.geometries(8, 750, 2048, 2048, 'official',
+                                    jax.numpy.dtype(dtype).itemsize, limit)
   hlo = compiled.as_text()
-  for plan in affinity_pallas.plans(geo):
+  for plan in affinity_pallas.plans(geos):
     assert f'"bytes_accessed":"{plan.moved_bytes()}"' in hlo
     assert plan.vmem_bytes() <= limit

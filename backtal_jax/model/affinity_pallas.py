@@ -42,14 +42,14 @@ from backtal_jax.model import affinity as affinity_lib
 TAPS = affinity_lib.KERNEL_SIZE
 FRAME_ALIGN = 16  # frames of a block: a multiple of a (16, 128) bfloat16 tile (two of float32)
 ROW_TILES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)  # rows a block may hold (frames of one
-# video's tile, or several short videos side by side), tried by `geometry`
+# video's tile, or several short videos side by side), tried by `geometries`
 CHANNEL_TILES = (2048, 1024, 512, 256, 128)  # channel tiles tried; a width none divides is one tile
 # The VMEM a kernel may take, by the device kind of the mesh it runs on: a TPU v4 core has 16 MiB;
 # v5e, v5p and v6e compile kernels of 64 MiB and more (checked with their compilers here). Other
 # kinds (the CPU's interpret mode, TPUs not listed) get v4's.
 VMEM_LIMIT_BYTES = 16 * 2**20
 VMEM_LIMITS_BY_KIND = {'TPU v5 lite': 64 * 2**20, 'TPU v5': 64 * 2**20, 'TPU v6 lite': 64 * 2**20}
-# What `geometry` lets its estimate of a kernel's VMEM (Plan.vmem_bytes) reach, as a share of the
+# What `geometries` lets its estimate of a kernel's VMEM (Plan.vmem_bytes) reach, as a share of the
 # limit: a margin for shapes unlike those the estimate was fitted to.
 VMEM_BUDGET_SHARE = 15 / 16
 
@@ -116,22 +116,26 @@ def vmem_limit(device_kind: str | None) -> int:
   return VMEM_LIMITS_BY_KIND.get(device_kind, VMEM_LIMIT_BYTES)
 
 
-def geometry(batch: int, length: int, c_in: int, c_out: int, affinity: str,
-             itemsize: int = 4, limit: int = VMEM_LIMIT_BYTES) -> Geometry:
-  """The tiles that move the fewest HBM bytes through the three kernels (Plan.moved_bytes: the
-  weights are re-read once per block of rows, the inputs once per block of channels) among those
-  whose estimated VMEM fits VMEM_BUDGET_SHARE of `limit`; fewer grid steps break ties."""
+def geometries(batch: int, length: int, c_in: int, c_out: int, affinity: str,
+               itemsize: int = 4, limit: int = VMEM_LIMIT_BYTES) -> tuple[Geometry, ...]:
+  """Per kernel (forward, input gradient, kernel gradient; see PLANS), the tiles that move the
+  fewest HBM bytes (Plan.moved_bytes: its weights are re-read once per block of rows, its inputs
+  once per block of channels) among those whose estimated VMEM fits VMEM_BUDGET_SHARE of `limit`;
+  fewer grid steps break ties. Each kernel has its own: the forward gains most from long blocks
+  of rows, the kernel gradient from wide channel tiles."""
   shapes = {_row_tiles(batch, length, rows) for rows in ROW_TILES}
   candidates = [Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile, in_tile,
                          out_tile, itemsize, limit)
                 for batch_tile, frame_tile in shapes for in_tile in _channel_tiles(c_in)
                 for out_tile in _channel_tiles(c_out)]
-  fitting = [geo for geo in candidates if max(p.vmem_bytes() for p in plans(geo)) <=
-             VMEM_BUDGET_SHARE * limit]
-  if not fitting:  # a width no tile divides: its smallest footprint, which Mosaic may refuse
-    return min(candidates, key=lambda geo: max(p.vmem_bytes() for p in plans(geo)))
-  return min(fitting, key=lambda geo: (sum(p.moved_bytes() for p in plans(geo)),
-                                       sum(math.prod(p.grid) for p in plans(geo))))
+  chosen = []
+  for plan in PLANS:
+    fitting = [g for g in candidates if plan(g).vmem_bytes() <= VMEM_BUDGET_SHARE * limit]
+    if fitting:
+      chosen.append(min(fitting, key=lambda g: (plan(g).moved_bytes(), math.prod(plan(g).grid))))
+    else:  # a width no tile divides: its smallest footprint, which Mosaic may refuse
+      chosen.append(min(candidates, key=lambda g: plan(g).vmem_bytes()))
+  return tuple(chosen)
 
 
 def halos(v_BxTxX: jax.Array, geo: Geometry) -> tuple[jax.Array, jax.Array]:
@@ -398,7 +402,7 @@ def _forward_plan(geo: Geometry) -> Plan:
        (_halo_spec(geo, geo.in_tile, axes), e), (_tile_spec(geo, TAPS, (0, 1, None)), e),
        (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o)), e)),
       ((_tile_spec(geo, geo.out_tile, (0, 1, 2)), e),),
-      ((geo.rows, geo.out_tile),), temporaries=(1.5, 0.5))
+      ((geo.rows, geo.out_tile),), temporaries=(4.0, 0.5))
 
 
 def _input_plan(geo: Geometry) -> Plan:
@@ -416,7 +420,7 @@ def _input_plan(geo: Geometry) -> Plan:
        (pl.BlockSpec((None, geo.batch_tile, geo.frame_tile, TAPS), lambda b, t, i, o: (i, b, t, 0)),
         4)),
       ((TAPS, geo.rows, geo.in_tile), (geo.batch_tile, geo.in_tile),
-       (geo.batch_tile, geo.in_tile)), temporaries=(4.5, 1.0))
+       (geo.batch_tile, geo.in_tile)), temporaries=(4.5, 1.25))
 
 
 def _kernel_grad_plan(geo: Geometry) -> Plan:
@@ -428,12 +432,15 @@ def _kernel_grad_plan(geo: Geometry) -> Plan:
        (_halo_spec(geo, geo.in_tile, axes), e), (_tile_spec(geo, TAPS, (2, 3, None)), e),
        (_tile_spec(geo, geo.out_tile, (2, 3, 1)), e)),
       ((pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda i, o, b, t: (0, i, o)), e),),
-      ((TAPS, geo.in_tile, geo.out_tile),), temporaries=(3.0, 0.5))
+      ((TAPS, geo.in_tile, geo.out_tile),), temporaries=(4.0, 0.5))
 
 
-def plans(geo: Geometry) -> tuple[Plan, Plan, Plan]:
-  """The forward, input-gradient and kernel-gradient kernels' plans for one geometry."""
-  return _forward_plan(geo), _input_plan(geo), _kernel_grad_plan(geo)
+PLANS = (_forward_plan, _input_plan, _kernel_grad_plan)
+
+
+def plans(geos: tuple[Geometry, ...]) -> tuple[Plan, ...]:
+  """The forward, input-gradient and kernel-gradient kernels' plans, each at its geometry."""
+  return tuple(plan(geo) for plan, geo in zip(PLANS, geos))
 
 
 def _call(body, name: str, plan: Plan, operands, results, precision, interpret: bool):
@@ -477,21 +484,23 @@ def kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision, interpret: bool):
-  return forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+def _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos: tuple[Geometry, ...], precision,
+           interpret: bool):
+  return forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret)
 
 
-def _fused_forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret):
-  out = forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+def _fused_forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret):
+  out = forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret)
   return out, (x_BxTxI, similarity_BxTx3, kernel_KxIxO)
 
 
-def _fused_backward(geo, precision, interpret, residuals, g_BxTxO):
+def _fused_backward(geos, precision, interpret, residuals, g_BxTxO):
   x_BxTxI, similarity_BxTx3, kernel_KxIxO = residuals
   g_BxTxO = g_BxTxO.astype(x_BxTxI.dtype)
-  dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo,
+  dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[1],
                                       precision, interpret)
-  dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+  dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[2], precision,
+                   interpret)
   return dx, ds, dw
 
 
@@ -501,9 +510,9 @@ _fused.defvjp(_fused_forward, _fused_backward)
 def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret,
                limit):
   batch, length, c_in = x_BxTxI.shape
-  geo = geometry(batch, length, c_in, kernel_KxIxO.shape[-1], affinity, x_BxTxI.dtype.itemsize,
-                 limit)
-  return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo, precision, interpret)
+  geos = geometries(batch, length, c_in, kernel_KxIxO.shape[-1], affinity,
+                    x_BxTxI.dtype.itemsize, limit)
+  return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret)
 
 
 def _device_kind(mesh) -> str | None:
