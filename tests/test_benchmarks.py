@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from backtal_jax.model import affinity as affinity_lib
 from benchmarks import affinity_kernel
+from benchmarks import hlo_breakdown
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,38 @@ def test_small_preset_and_explicit_shapes():
                                                args['batch_divisor']))
   assert shapes == {'thumos14': (4, 750, 256), '3x5': (3, 5, 256)}
   assert jnp.dtype(affinity_kernel.PRECISIONS['bfloat16'][0]) == jnp.bfloat16
+
+
+HLO = '\n'.join([
+    'HloModule step',
+    '',
+    'ENTRY %main (p.1: f32[4,8], p.2: bf16[2,128]) -> f32[4,8] {',
+    '  %p.1 = f32[4,8]{1,0} parameter(0)',
+    '  %p.2 = bf16[2,128]{1,0:T(8,128)(2,1)} parameter(1)',
+    '  %copy-start.1 = (f32[4,8]{1,0}, f32[4,8]{1,0:S(1)}, u32[]{:S(2)}) copy-start(%p.1)',
+    '  %copy-done.1 = f32[4,8]{1,0:S(1)} copy-done(%copy-start.1)',
+    '  %slice-start.1 = ((bf16[2,128]{1,0}), bf16[1,128]{1,0:S(1)}, s32[]{:S(2)}) '
+    'slice-start(%p.2), slice={[0:1], [0:128]}',
+    '  %fusion.1 = f32[4,8]{1,0} fusion(%copy-done.1, %p.1), kind=kLoop, calls=%f, '
+    'metadata={op_name="jit(step)/jvp(Net)/add"}, backend_config={"estimated_cycles":"70"}',
+    '  %kernel.1 = f32[4,8]{1,0} custom-call(%fusion.1), custom_call_target="tpu_custom_call", '
+    'backend_config={"cost_estimate":{"flops":"1","bytes_accessed":"1000"}}',
+    '  ROOT %tuple.1 = (f32[4,8]{1,0}) tuple(%kernel.1)',
+    '}',
+])
+
+
+def test_hlo_breakdown_counts_each_memory_as_the_compiler_does():
+  """Bytes per instruction of the entry computation: an asynchronous copy reads its source's
+  memory and writes its destination's, a slice moves only its part, a fusion reads its operands
+  and writes its result, a Pallas kernel counts its own estimate, names and tuples move nothing."""
+  found = {i.name: i for i in hlo_breakdown.parse(HLO)}
+  assert set(found) == {'copy-start.1', 'slice-start.1', 'fusion.1', 'kernel.1'}
+  assert (found['copy-start.1'].hbm_bytes, found['copy-start.1'].alternate_bytes) == (128, 128)
+  assert (found['slice-start.1'].hbm_bytes, found['slice-start.1'].alternate_bytes) == (256, 256)
+  assert (found['fusion.1'].hbm_bytes, found['fusion.1'].alternate_bytes) == (256, 128)
+  assert found['fusion.1'].cycles == 70 and found['fusion.1'].source == 'jvp(Net)/add'
+  assert (found['kernel.1'].hbm_bytes, found['kernel.1'].alternate_bytes) == (1000, 0)
+  [(source, sums)] = [row for row in hlo_breakdown.by_source(list(found.values()), 2)
+                      if row[0] == 'jvp(Net)/add']
+  assert sums['hbm'] == 256 and sums['count'] == 1

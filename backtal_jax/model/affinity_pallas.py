@@ -34,7 +34,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-import numpy as np
 
 from backtal_jax.core import batch_rows
 from backtal_jax.model import affinity as affinity_lib
@@ -141,10 +140,11 @@ def geometries(batch: int, length: int, c_in: int, c_out: int, affinity: str,
 def halos(v_BxTxX: jax.Array, geo: Geometry) -> tuple[jax.Array, jax.Array]:
   """v at the frame just before and just after each frame tile: [B, T / tT, 1, X] each, zero
   beyond the video (read by the kernels as a tile's outside neighbours)."""
-  starts = np.arange(1, geo.frame_tiles) * geo.frame_tile
+  tile, inner = geo.frame_tile, (geo.frame_tiles - 1) * geo.frame_tile  # inner: the last start
   zero_Bx1xX = jnp.zeros_like(v_BxTxX[:, :1])
-  before = jnp.concatenate([zero_Bx1xX, v_BxTxX[:, starts - 1]], axis=1)
-  after = jnp.concatenate([v_BxTxX[:, starts], zero_Bx1xX], axis=1)
+  # Strided slices, not gathers: the compiler counts a gather as reading all of v.
+  before = jnp.concatenate([zero_Bx1xX, v_BxTxX[:, tile - 1:inner:tile]], axis=1)
+  after = jnp.concatenate([v_BxTxX[:, tile:inner + 1:tile], zero_Bx1xX], axis=1)
   return before[:, :, None], after[:, :, None]
 
 
