@@ -393,13 +393,19 @@ class Plan:
     return pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=self.moved_bytes())
 
 
+def _rows_with_halos(geo: Geometry, tile: int, grid_axes: tuple[int, int, int | None]):
+  """A [B, T, X] operand's block and its two halo blocks, with their itemsize."""
+  return ((_tile_spec(geo, tile, grid_axes), geo.itemsize),
+          (_halo_spec(geo, tile, grid_axes), geo.itemsize),
+          (_halo_spec(geo, tile, grid_axes), geo.itemsize))
+
+
 def _forward_plan(geo: Geometry) -> Plan:
   axes, e = (0, 1, 3), geo.itemsize  # grid axes of the batch, frame and input-channel blocks
   return Plan(
       geo, (geo.batch_tiles, geo.frame_tiles, geo.out_tiles, geo.in_tiles),
       ('parallel', 'parallel', 'parallel', 'arbitrary'),
-      ((_tile_spec(geo, geo.in_tile, axes), e), (_halo_spec(geo, geo.in_tile, axes), e),
-       (_halo_spec(geo, geo.in_tile, axes), e), (_tile_spec(geo, TAPS, (0, 1, None)), e),
+      (*_rows_with_halos(geo, geo.in_tile, axes), (_tile_spec(geo, TAPS, (0, 1, None)), e),
        (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o)), e)),
       ((_tile_spec(geo, geo.out_tile, (0, 1, 2)), e),),
       ((geo.rows, geo.out_tile),), temporaries=(4.0, 0.5))
@@ -407,9 +413,7 @@ def _forward_plan(geo: Geometry) -> Plan:
 
 def _input_plan(geo: Geometry) -> Plan:
   e = geo.itemsize
-  rows_of = lambda tile, channel_axis: ((_tile_spec(geo, tile, (0, 1, channel_axis)), e),
-                                        (_halo_spec(geo, tile, (0, 1, channel_axis)), e),
-                                        (_halo_spec(geo, tile, (0, 1, channel_axis)), e))
+  rows_of = lambda tile, channel_axis: _rows_with_halos(geo, tile, (0, 1, channel_axis))
   return Plan(
       geo, (geo.batch_tiles, geo.frame_tiles, geo.in_tiles, geo.out_tiles),
       ('parallel', 'parallel', 'parallel', 'arbitrary'),
@@ -428,8 +432,7 @@ def _kernel_grad_plan(geo: Geometry) -> Plan:
   return Plan(
       geo, (geo.in_tiles, geo.out_tiles, geo.batch_tiles, geo.frame_tiles),
       ('parallel', 'parallel', 'arbitrary', 'arbitrary'),
-      ((_tile_spec(geo, geo.in_tile, axes), e), (_halo_spec(geo, geo.in_tile, axes), e),
-       (_halo_spec(geo, geo.in_tile, axes), e), (_tile_spec(geo, TAPS, (2, 3, None)), e),
+      (*_rows_with_halos(geo, geo.in_tile, axes), (_tile_spec(geo, TAPS, (2, 3, None)), e),
        (_tile_spec(geo, geo.out_tile, (2, 3, 1)), e)),
       ((pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda i, o, b, t: (0, i, o)), e),),
       ((TAPS, geo.in_tile, geo.out_tile),), temporaries=(4.0, 0.5))
