@@ -128,12 +128,13 @@ def geometries(batch: int, length: int, c_in: int, c_out: int, affinity: str,
                 for batch_tile, frame_tile in shapes for in_tile in _channel_tiles(c_in)
                 for out_tile in _channel_tiles(c_out)]
   chosen = []
-  for plan in PLANS:
-    fitting = [g for g in candidates if plan(g).vmem_bytes() <= VMEM_BUDGET_SHARE * limit]
+  for make_plan in PLANS:
+    built = [make_plan(g) for g in candidates]
+    fitting = [p for p in built if p.vmem_bytes() <= VMEM_BUDGET_SHARE * limit]
     if fitting:
-      chosen.append(min(fitting, key=lambda g: (plan(g).moved_bytes(), math.prod(plan(g).grid))))
+      chosen.append(min(fitting, key=lambda p: (p.moved_bytes(), math.prod(p.grid))).geo)
     else:  # a width no tile divides: its smallest footprint, which Mosaic may refuse
-      chosen.append(min(candidates, key=lambda g: plan(g).vmem_bytes()))
+      chosen.append(min(built, key=lambda p: p.vmem_bytes()).geo)
   return tuple(chosen)
 
 
@@ -356,8 +357,9 @@ class Plan:
 
   Specs come with the itemsize of their array. `temporaries`: how many float32 [rows, in_tile]
   and [rows, out_tile] values the kernel body holds at once (taps, scales, products). They were
-  fitted to Mosaic's own account of 224 tilings compiled for a TPU v4 (both dtypes, the three
-  dataset shapes; none it refused is estimated under 16 MiB), then rounded up.
+  fitted to Mosaic's own account of 207 tilings compiled for a TPU v4, each kernel apart (both
+  dtypes, the three dataset shapes; none it refused is estimated under 16 MiB), then rounded up
+  (benchmarks/RESULTS.md, "The kernels' own traffic").
   """
   geo: Geometry
   grid: tuple[int, ...]
