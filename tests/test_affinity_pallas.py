@@ -1,6 +1,7 @@
 """The fused Pallas affinity kernels, run in TPU interpret mode on the CPU, against the naive
 definitions; the implementation each platform gets; a debug training through the kernel."""
 
+import functools
 import itertools
 
 import hypothesis
@@ -85,6 +86,30 @@ def test_kernel_and_its_three_gradients_match_the_naive_form(affinity, dtype, ba
   assert [a.dtype for a in ours] == [jnp.dtype(dtype)] * 4
   errors = relative_errors(ours, reference)
   assert max(errors) <= TOLERANCE[dtype], dict(zip(['out', 'dx', 'ds', 'dW'], errors))
+
+
+@pytest.mark.parametrize('tiling', sorted(TILINGS))
+@pytest.mark.parametrize('affinity,dtype,batch,length,c_in,c_out', [CASES[0], CASES[2]])
+def test_leaky_relu_in_the_kernel_is_leaky_relu_after_it(affinity, dtype, batch, length, c_in,
+                                                         c_out, tiling, monkeypatch):
+  """The activation the forward kernel applies before writing, and its gradient taken from the
+  output's sign, against jax.nn.leaky_relu after the kernel: the same output and gradients (in
+  float32 bit for bit; in bfloat16 within one rounding, the kernel rounding once, not twice)."""
+  for name, value in TILINGS[tiling].items():
+    monkeypatch.setattr(affinity_pallas, name, value)
+  inputs = random_inputs(batch, length, c_in, c_out, dtype)
+  conv = functools.partial(affinity_pallas.fused_affinity_conv, affinity=affinity,
+                           interpret=True)
+  fused = lambda x, s, w: conv(x, s, w, negative_slope=network.NEGATIVE_SLOPE)
+  after = lambda x, s, w: jax.nn.leaky_relu(conv(x, s, w), network.NEGATIVE_SLOPE)
+  ours, composed = (jax.jit(lambda *a, f=f: output_and_grads(f, *a))(*inputs)
+                    for f in (fused, after))
+  assert float(jnp.mean(ours[0] < 0)) > 0.3  # both slopes of the activation are exercised
+  if dtype == 'float32':
+    for a, b in zip(ours, composed):
+      np.testing.assert_array_equal(a, b)
+  else:
+    assert max(relative_errors(ours, composed)) <= 2 ** -8
 
 
 def test_cpu_auto_is_the_xla_form_bit_for_bit():

@@ -230,8 +230,16 @@ def _dot(a, b, contracting, precision):
                              preferred_element_type=jnp.float32)
 
 
+def leaky_relu(value, negative_slope: float | None):
+  """jax.nn.leaky_relu's formula (None: no activation), applied by the forward kernel to its sum
+  before it is written, so that the activation costs no pass of its own over [B, T, O]."""
+  if negative_slope is None:
+    return value
+  return jnp.where(value >= 0, value, negative_slope * value)
+
+
 def _forward_kernel(x_ref, x_before_ref, x_after_ref, s_ref, w_ref, out_ref, acc_ref, *, geo,
-                    precision):
+                    precision, negative_slope):
   """Grid (batch blocks, frame blocks, output blocks, input blocks); the last is the sum."""
   blocks, in_block = (pl.program_id(0), pl.program_id(1)), pl.program_id(3)
 
@@ -246,7 +254,8 @@ def _forward_kernel(x_ref, x_before_ref, x_after_ref, s_ref, w_ref, out_ref, acc
 
   @pl.when(in_block == pl.num_programs(3) - 1)
   def _():
-    out_ref[...] = acc_ref[...].reshape(out_ref.shape).astype(out_ref.dtype)
+    out = leaky_relu(acc_ref[...], negative_slope)
+    out_ref[...] = out.reshape(out_ref.shape).astype(out_ref.dtype)
 
 
 def _input_kernel(g_ref, g_before_ref, g_after_ref, w_ref, x_ref, x_before_ref, x_after_ref,
@@ -448,12 +457,13 @@ def plans(geos: tuple[Geometry, ...]) -> tuple[Plan, ...]:
   return tuple(plan(geo) for plan, geo in zip(PLANS, geos))
 
 
-def _call(body, name: str, plan: Plan, operands, results, precision, interpret: bool):
-  """pallas_call of `body` by `plan`, its cost estimated from the blocks it runs with."""
+def _call(body, name: str, plan: Plan, operands, results, interpret: bool, **static):
+  """pallas_call of `body` by `plan`, its cost estimated from the blocks it runs with; `static`:
+  the body's keyword arguments besides its geometry."""
   specs = lambda pairs: [spec for spec, _ in pairs]
   out_specs = specs(plan.out_specs)
   return pl.pallas_call(
-      functools.partial(body, geo=plan.geo, precision=precision), out_shape=results,
+      functools.partial(body, geo=plan.geo, **static), out_shape=results,
       grid=plan.grid, in_specs=specs(plan.in_specs),
       out_specs=tuple(out_specs) if isinstance(results, tuple) else out_specs[0],
       scratch_shapes=[pltpu.VMEM(shape, jnp.float32) for shape in plan.scratch],
@@ -461,11 +471,12 @@ def _call(body, name: str, plan: Plan, operands, results, precision, interpret: 
       interpret=_interpret(interpret), name=name)(*operands)
 
 
-def forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision, interpret: bool):
+def forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision, interpret: bool,
+            negative_slope: float | None = None):
   return _call(_forward_kernel, 'affinity_forward', _forward_plan(geo),
                (x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, kernel_KxIxO),
                jax.ShapeDtypeStruct((geo.batch, geo.length, geo.c_out), x_BxTxI.dtype),
-               precision, interpret)
+               interpret, precision=precision, negative_slope=negative_slope)
 
 
 def input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry,
@@ -477,7 +488,7 @@ def input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO,
        similarity_BxTx3, *halos(similarity_BxTx3, geo)),
       (jax.ShapeDtypeStruct(x_BxTxI.shape, x_BxTxI.dtype),
        jax.ShapeDtypeStruct((geo.in_tiles, geo.batch, geo.length, TAPS), jnp.float32)),
-      precision, interpret)
+      interpret, precision=precision)
   return dx_BxTxI, jnp.sum(ds_parts, axis=0).astype(similarity_BxTx3.dtype)
 
 
@@ -485,23 +496,32 @@ def kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry,
                 interpret: bool):
   return _call(_kernel_grad_kernel, 'affinity_kernel_grad', _kernel_grad_plan(geo),
                (x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, g_BxTxO),
-               jax.ShapeDtypeStruct(kernel_KxIxO.shape, kernel_KxIxO.dtype), precision, interpret)
+               jax.ShapeDtypeStruct(kernel_KxIxO.shape, kernel_KxIxO.dtype), interpret,
+               precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos: tuple[Geometry, ...], precision,
-           interpret: bool):
-  return forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret)
+           interpret: bool, negative_slope: float | None):
+  return forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret,
+                 negative_slope)
 
 
-def _fused_forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret):
-  out = forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret)
-  return out, (x_BxTxI, similarity_BxTx3, kernel_KxIxO)
+def _fused_forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret,
+                   negative_slope):
+  out = forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret,
+                negative_slope)
+  # The activation's gradient reads the sign of its output (LeakyReLU keeps the sign), so the sum
+  # before it is never stored.
+  activated = out if negative_slope is not None else None
+  return out, (x_BxTxI, similarity_BxTx3, kernel_KxIxO, activated)
 
 
-def _fused_backward(geos, precision, interpret, residuals, g_BxTxO):
-  x_BxTxI, similarity_BxTx3, kernel_KxIxO = residuals
+def _fused_backward(geos, precision, interpret, negative_slope, residuals, g_BxTxO):
+  x_BxTxI, similarity_BxTx3, kernel_KxIxO, activated = residuals
   g_BxTxO = g_BxTxO.astype(x_BxTxI.dtype)
+  if negative_slope is not None:  # jax.nn.leaky_relu's gradient: 1 where its input is >= 0
+    g_BxTxO = jnp.where(activated >= 0, g_BxTxO, negative_slope * g_BxTxO)
   dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[1],
                                       precision, interpret)
   dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[2], precision,
@@ -513,11 +533,12 @@ _fused.defvjp(_fused_forward, _fused_backward)
 
 
 def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret,
-               limit):
+               limit, negative_slope):
   batch, length, c_in = x_BxTxI.shape
   geos = geometries(batch, length, c_in, kernel_KxIxO.shape[-1], affinity,
                     x_BxTxI.dtype.itemsize, limit)
-  return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret)
+  return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret,
+                negative_slope)
 
 
 def _device_kind(mesh) -> str | None:
@@ -529,9 +550,10 @@ def _device_kind(mesh) -> str | None:
 
 
 def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array,
-                        *, affinity: str = 'official', precision=None,
-                        interpret: bool = False) -> jax.Array:
-  """The affinity convolution of a batch through the fused kernels: [B, T, I] -> [B, T, O].
+                        *, affinity: str = 'official', precision=None, interpret: bool = False,
+                        negative_slope: float | None = None) -> jax.Array:
+  """The affinity convolution of a batch through the fused kernels: [B, T, I] -> [B, T, O];
+  with `negative_slope`, followed by LeakyReLU (applied in the kernel, see `leaky_relu`).
 
   On a mesh whose batch axis splits the videos, each device runs the kernels on its own videos
   (shard_map; the kernel gradient's parts are summed over the devices by shard_map's transpose),
@@ -541,7 +563,7 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
   typed = jax.typeof(x_BxTxI).sharding
   limit = VMEM_LIMIT_BYTES if interpret else vmem_limit(_device_kind(typed.mesh))
   one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
-                                interpret=interpret, limit=limit)
+                                interpret=interpret, limit=limit, negative_slope=negative_slope)
   if typed.mesh.empty:
     return one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   # Under a mesh a pallas_call must sit in shard_map, even on one device.

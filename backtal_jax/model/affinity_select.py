@@ -39,14 +39,19 @@ def _replicated_on_a_mesh(x_BxTxI: jax.Array) -> bool:
 
 def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array, *,
                   affinity_form: str = 'official', affinity_kernel: str = 'auto',
-                  precision=None) -> jax.Array:
-  """The affinity convolution of a batch, [B, T, I] -> [B, T, O], by the chosen implementation."""
+                  precision=None, negative_slope: float | None = None) -> jax.Array:
+  """The affinity convolution of a batch, [B, T, I] -> [B, T, O], by the chosen implementation;
+  with `negative_slope`, followed by LeakyReLU (inside the kernel, or after the XLA form)."""
   check_affinity_kernel(affinity_kernel)
-  xla = functools.partial(affinity.affinity_conv, affinity=affinity_form, precision=precision)
+
+  def xla(*operands):
+    out = affinity.affinity_conv(*operands, affinity=affinity_form, precision=precision)
+    return out if negative_slope is None else jax.nn.leaky_relu(out, negative_slope)
+
   if affinity_kernel == 'xla' or x_BxTxI.dtype == jnp.float64 or _replicated_on_a_mesh(x_BxTxI):
     return xla(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   fused = functools.partial(affinity_pallas.fused_affinity_conv, affinity=affinity_form,
-                            precision=precision)
+                            precision=precision, negative_slope=negative_slope)
   elsewhere = functools.partial(fused, interpret=True) if affinity_kernel == 'pallas' else xla
   return jax.lax.platform_dependent(x_BxTxI, similarity_BxTx3, kernel_KxIxO, default=elsewhere,
                                     tpu=fused)

@@ -22,6 +22,7 @@ from backtal_jax.model import affinity_select
 from backtal_jax.model import topk
 
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+NEGATIVE_SLOPE = 0.01  # of every LeakyReLU: PyTorch's default, which the official modules keep
 
 
 # config.model: what each field may hold (core/fields.py), checked before the first step
@@ -78,7 +79,8 @@ class FilterModule(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxF):
     hidden = pointwise(self.filter_dim, x_BxTxF.shape[-1], 'conv_1', dtype=self.dtype)(x_BxTxF)
-    logit = pointwise(1, self.filter_dim, 'conv_2', dtype=self.dtype)(nn.leaky_relu(hidden))
+    logit = pointwise(1, self.filter_dim, 'conv_2', dtype=self.dtype)(
+        nn.leaky_relu(hidden, NEGATIVE_SLOPE))
     return nn.sigmoid(logit)
 
 
@@ -95,13 +97,15 @@ class EmbeddingModule(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxF):
     hidden = self.conv3(self.embed_hidden_dim, x_BxTxF.shape[-1], 'conv_1')(x_BxTxF)
-    out = self.conv3(self.embed_dim, self.embed_hidden_dim, 'conv_2')(nn.leaky_relu(hidden))
+    out = self.conv3(self.embed_dim, self.embed_hidden_dim, 'conv_2')(
+        nn.leaky_relu(hidden, NEGATIVE_SLOPE))
     norm = jnp.linalg.norm(out, axis=-1, keepdims=True)
     return out / jnp.maximum(norm, 1e-12)
 
 
 class AffinityConv(nn.Module):
-  """Kernel-3, bias-free convolution whose taps are weighted by embedding similarities."""
+  """Kernel-3, bias-free convolution whose taps are weighted by embedding similarities, then
+  LeakyReLU (one module, so that the TPU kernel applies it before writing its output)."""
   features: int
   affinity: str
   dtype: Any
@@ -115,7 +119,8 @@ class AffinityConv(nn.Module):
         x_BxTxI, similarity_BxTx3, kernel, dtype=self.dtype)
     return affinity_select.affinity_conv(x_BxTxI, similarity_BxTx3, kernel,
                                          affinity_form=self.affinity,
-                                         affinity_kernel=self.affinity_kernel)
+                                         affinity_kernel=self.affinity_kernel,
+                                         negative_slope=NEGATIVE_SLOPE)
 
 
 class Dropout(nn.Module):
@@ -137,7 +142,7 @@ class Dropout(nn.Module):
 
 
 class BaseModule(nn.Module):
-  """Two affinity convolutions with LeakyReLU, then dropout; shared by both passes.
+  """Two affinity convolutions, each with its LeakyReLU, then dropout; shared by both passes.
 
   The passes (plain and foreground-weighted features) run as one call over their concatenated
   batches, so each weight is read once per step instead of once per pass; dropout then draws one
@@ -157,8 +162,8 @@ class BaseModule(nn.Module):
     num_passes = len(passes_x_BxTxF)
     x_PBxTxF = merge_passes(passes_x_BxTxF)
     similarity_PBxTx3 = merge_passes([similarity_BxTx3] * num_passes)
-    feature_1 = nn.leaky_relu(conv(name='conv_1')(x_PBxTxF, similarity_PBxTx3))
-    feature_2 = nn.leaky_relu(conv(name='conv_2')(feature_1, similarity_PBxTx3))
+    feature_1 = conv(name='conv_1')(x_PBxTxF, similarity_PBxTx3)
+    feature_2 = conv(name='conv_2')(feature_1, similarity_PBxTx3)
     dropout = Dropout(self.dropout_rate)
     return [(feature_1_BxTxH, dropout(feature_2_BxTxH, deterministic=deterministic))
             for feature_1_BxTxH, feature_2_BxTxH in zip(split_passes(feature_1, num_passes),
