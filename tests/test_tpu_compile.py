@@ -62,16 +62,20 @@ def test_accelerator_types_name_known_slices():
     assert int(accelerator.split('-')[1]) == chips * per_chip, accelerator
 
 
-@pytest.mark.parametrize('topology', ['v4:2x2x1', 'v5e:2x2'])
+# Each generation's VMEM in whole MiB, as its compiler reports it when a kernel asks for more.
+VMEM_MIB = {'v4:2x2x1': 16, 'v5e:2x2': 128, 'v5p:2x2x1': 63, 'v6e:2x2': 127}
+
+
+@pytest.mark.parametrize('topology', sorted(VMEM_MIB))
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_the_kernels_tiles_fit_the_vmem_of_each_generation(topology, dtype):
   """THUMOS14's per-chip shape through the kernels and their gradients, on a one-chip mesh of the
-  generation: the tiles geometries() picks for its VMEM limit (16 MiB on v4, 64 MiB on v5e)
-  compile, and the kernels' cost estimates are their tiles' traffic."""
+  generation: the tiles geometries() picks for its VMEM limit (the chip's whole VMEM) compile, and
+  the kernels' cost estimates are their tiles' traffic."""
   device = tpu_compile.topology_devices(topology)[0]
   mesh = sharding.make_mesh([device])
   limit = affinity_pallas.vmem_limit(device.device_kind)
-  assert limit == (16 if topology.startswith('v4') else 64) * 2**20
+  assert limit == VMEM_MIB[topology] * 2**20
   with jax.set_mesh(mesh):
     videos, whole = sharding.batch_sharding(mesh), sharding.replicated_sharding(mesh)
     array = lambda *shape, where=videos: jax.ShapeDtypeStruct(shape, dtype, sharding=where)
