@@ -112,6 +112,33 @@ def test_leaky_relu_in_the_kernel_is_leaky_relu_after_it(affinity, dtype, batch,
     assert max(relative_errors(ours, composed)) <= 2 ** -8
 
 
+@pytest.mark.parametrize('affinity,dtype,batch,length,c_in,c_out',
+                         [case for case in CASES if case[1] == 'float32'])
+def test_float32_with_narrowed_weights_and_cotangent(affinity, dtype, batch, length, c_in, c_out,
+                                                     monkeypatch):
+  """The path a TPU takes in float32 (see affinity_pallas.narrows): the kernel and the cotangent
+  read in bfloat16 and the scaled taps rounded to bfloat16 in VMEM, as the MXU rounds them. Here,
+  where the CPU would multiply in float32, narrowing is forced, and the result is held against the
+  naive form of the same rounded kernel and cotangent. dx and ds (products of the two narrowed
+  operands alone) agree at the float32 tolerance; the output and dW keep the taps' rounding, 2^-9
+  of each product at most, so their error stays under 2^-8 (a tap or halo out of place would be
+  tens of percent)."""
+  monkeypatch.setattr(affinity_pallas, 'narrows', lambda dtype, kernel_dtype, *_: True)
+  x, similarity, kernel, cotangent = random_inputs(batch, length, c_in, c_out, dtype)
+  conv = lambda x, s, w: affinity_pallas.fused_affinity_conv(x, s, w, affinity=affinity,
+                                                             interpret=True)
+  jaxpr = str(jax.make_jaxpr(conv)(x, similarity, kernel))
+  assert f'bf16[3,{c_in},{c_out}]' in jaxpr  # the kernels read the weights narrowed
+  ours = jax.jit(lambda *a: output_and_grads(conv, *a))(x, similarity, kernel, cotangent)
+  rounded = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+  reference = output_and_grads(affinity_lib.NAIVE[affinity], x, similarity, rounded(kernel),
+                               rounded(cotangent))
+  assert [a.dtype for a in ours] == [jnp.dtype(dtype)] * 4
+  errors = dict(zip(['out', 'dx', 'ds', 'dW'], relative_errors(ours, reference)))
+  assert max(errors['dx'], errors['ds']) <= TOLERANCE['float32'], errors
+  assert max(errors['out'], errors['dW']) <= 2 ** -8, errors
+
+
 def test_cpu_auto_is_the_xla_form_bit_for_bit():
   """'auto' off TPUs lowers to the XLA form alone (no kernel in the CPU program), with the same
   bits, for both affinities and for the gradients."""

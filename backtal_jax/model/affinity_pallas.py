@@ -71,8 +71,14 @@ class Geometry:
   frame_tile: int
   in_tile: int
   out_tile: int
-  itemsize: int = 4  # bytes of an element of x, the similarities, the kernel and the results
+  itemsize: int = 4  # bytes of an element of x, the similarities and the results
+  mxu_itemsize: int | None = None  # bytes of an element of the kernel and the cotangent as the
+  # kernels read them: itemsize's unless narrowed (see `narrows`)
   vmem_limit: int = VMEM_LIMIT_BYTES  # bytes of VMEM each kernel may take
+
+  def __post_init__(self):
+    if self.mxu_itemsize is None:
+      object.__setattr__(self, 'mxu_itemsize', self.itemsize)
 
   @property
   def batch_tiles(self) -> int:
@@ -117,7 +123,8 @@ def vmem_limit(device_kind: str | None) -> int:
 
 
 def geometries(batch: int, length: int, c_in: int, c_out: int, affinity: str,
-               itemsize: int = 4, limit: int = VMEM_LIMIT_BYTES) -> tuple[Geometry, ...]:
+               itemsize: int = 4, limit: int = VMEM_LIMIT_BYTES,
+               mxu_itemsize: int | None = None) -> tuple[Geometry, ...]:
   """Per kernel (forward, input gradient, kernel gradient; see PLANS), the tiles that move the
   fewest HBM bytes (Plan.moved_bytes: its weights are re-read once per block of rows, its inputs
   once per block of channels) among those whose estimated VMEM fits VMEM_BUDGET_SHARE of `limit`;
@@ -125,7 +132,7 @@ def geometries(batch: int, length: int, c_in: int, c_out: int, affinity: str,
   of rows, the kernel gradient from wide channel tiles."""
   shapes = {_row_tiles(batch, length, rows) for rows in ROW_TILES}
   candidates = [Geometry(batch, length, c_in, c_out, affinity, batch_tile, frame_tile, in_tile,
-                         out_tile, itemsize, limit)
+                         out_tile, itemsize, mxu_itemsize, limit)
                 for batch_tile, frame_tile in shapes for in_tile in _channel_tiles(c_in)
                 for out_tile in _channel_tiles(c_out)]
   chosen = []
@@ -405,11 +412,13 @@ class Plan:
     return pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=self.moved_bytes())
 
 
-def _rows_with_halos(geo: Geometry, tile: int, grid_axes: tuple[int, int, int | None]):
-  """A [B, T, X] operand's block and its two halo blocks, with their itemsize."""
-  return ((_tile_spec(geo, tile, grid_axes), geo.itemsize),
-          (_halo_spec(geo, tile, grid_axes), geo.itemsize),
-          (_halo_spec(geo, tile, grid_axes), geo.itemsize))
+def _rows_with_halos(geo: Geometry, tile: int, grid_axes: tuple[int, int, int | None],
+                     itemsize: int | None = None):
+  """A [B, T, X] operand's block and its two halo blocks, with their itemsize (x's if None)."""
+  itemsize = itemsize or geo.itemsize
+  return ((_tile_spec(geo, tile, grid_axes), itemsize),
+          (_halo_spec(geo, tile, grid_axes), itemsize),
+          (_halo_spec(geo, tile, grid_axes), itemsize))
 
 
 def _forward_plan(geo: Geometry) -> Plan:
@@ -418,19 +427,22 @@ def _forward_plan(geo: Geometry) -> Plan:
       geo, (geo.batch_tiles, geo.frame_tiles, geo.out_tiles, geo.in_tiles),
       ('parallel', 'parallel', 'parallel', 'arbitrary'),
       (*_rows_with_halos(geo, geo.in_tile, axes), (_tile_spec(geo, TAPS, (0, 1, None)), e),
-       (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o)), e)),
+       (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, o, i: (0, i, o)),
+        geo.mxu_itemsize)),
       ((_tile_spec(geo, geo.out_tile, (0, 1, 2)), e),),
       ((geo.rows, geo.out_tile),), temporaries=(4.0, 0.5))
 
 
 def _input_plan(geo: Geometry) -> Plan:
   e = geo.itemsize
-  rows_of = lambda tile, channel_axis: _rows_with_halos(geo, tile, (0, 1, channel_axis))
+  rows_of = lambda tile, channel_axis, *size: _rows_with_halos(geo, tile, (0, 1, channel_axis),
+                                                               *size)
   return Plan(
       geo, (geo.batch_tiles, geo.frame_tiles, geo.in_tiles, geo.out_tiles),
       ('parallel', 'parallel', 'parallel', 'arbitrary'),
-      (*rows_of(geo.out_tile, 3),
-       (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, i, o: (0, i, o)), e),
+      (*rows_of(geo.out_tile, 3, geo.mxu_itemsize),
+       (pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda b, t, i, o: (0, i, o)),
+        geo.mxu_itemsize),
        *rows_of(geo.in_tile, 2), *rows_of(TAPS, None)),
       ((_tile_spec(geo, geo.in_tile, (0, 1, 2)), e),
        (pl.BlockSpec((None, geo.batch_tile, geo.frame_tile, TAPS), lambda b, t, i, o: (i, b, t, 0)),
@@ -445,7 +457,7 @@ def _kernel_grad_plan(geo: Geometry) -> Plan:
       geo, (geo.in_tiles, geo.out_tiles, geo.batch_tiles, geo.frame_tiles),
       ('parallel', 'parallel', 'arbitrary', 'arbitrary'),
       (*_rows_with_halos(geo, geo.in_tile, axes), (_tile_spec(geo, TAPS, (2, 3, None)), e),
-       (_tile_spec(geo, geo.out_tile, (2, 3, 1)), e)),
+       (_tile_spec(geo, geo.out_tile, (2, 3, 1)), geo.mxu_itemsize)),
       ((pl.BlockSpec((TAPS, geo.in_tile, geo.out_tile), lambda i, o, b, t: (0, i, o)), e),),
       ((TAPS, geo.in_tile, geo.out_tile),), temporaries=(4.0, 0.5))
 
@@ -493,40 +505,62 @@ def input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO,
   return dx_BxTxI, jnp.sum(ds_parts, axis=0).astype(similarity_BxTx3.dtype)
 
 
-def kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geo: Geometry, precision,
-                interpret: bool):
+def kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel: jax.ShapeDtypeStruct, geo: Geometry,
+                precision, interpret: bool):
+  """dW, of the kernel's shape and dtype."""
   return _call(_kernel_grad_kernel, 'affinity_kernel_grad', _kernel_grad_plan(geo),
                (x_BxTxI, *halos(x_BxTxI, geo), similarity_BxTx3, g_BxTxO),
-               jax.ShapeDtypeStruct(kernel_KxIxO.shape, kernel_KxIxO.dtype), interpret,
-               precision=precision)
+               jax.ShapeDtypeStruct(kernel.shape, kernel.dtype), interpret, precision=precision)
+
+
+def narrows(dtype, kernel_dtype, precision, interpret: bool) -> bool:
+  """Whether the kernels read the weights and the cotangent in bfloat16 although x is float32.
+
+  Asked for no precision, a TPU's MXU multiplies float32 operands rounded to bfloat16 (one pass,
+  Mosaic's matmul mode 'round', as XLA's DEFAULT dots do), so operands rounded beforehand give the
+  same products for half the bytes: the weights are re-read once per block of rows, the cotangent
+  once per block of channels. The scaled taps are rounded in VMEM, where they are made. In
+  interpret mode the CPU multiplies in float32, so nothing is narrowed there.
+  """
+  return (not interpret and precision is None and jnp.dtype(dtype) == jnp.float32 and
+          jnp.dtype(kernel_dtype) == jnp.float32)
+
+
+def _as_read(geo: Geometry, operand):
+  """The kernel or the cotangent in the dtype the kernels read it (see `narrows`)."""
+  return operand.astype(jnp.bfloat16) if geo.mxu_itemsize < geo.itemsize else operand
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos: tuple[Geometry, ...], precision,
            interpret: bool, negative_slope: float | None):
-  return forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret,
-                 negative_slope)
+  return forward(x_BxTxI, similarity_BxTx3, _as_read(geos[0], kernel_KxIxO), geos[0], precision,
+                 interpret, negative_slope)
 
 
 def _fused_forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret,
                    negative_slope):
-  out = forward(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[0], precision, interpret,
+  kernel_read = _as_read(geos[0], kernel_KxIxO)
+  out = forward(x_BxTxI, similarity_BxTx3, kernel_read, geos[0], precision, interpret,
                 negative_slope)
   # The activation's gradient reads the sign of its output (LeakyReLU keeps the sign), so the sum
   # before it is never stored.
   activated = out if negative_slope is not None else None
-  return out, (x_BxTxI, similarity_BxTx3, kernel_KxIxO, activated)
+  return out, (x_BxTxI, similarity_BxTx3, kernel_read, activated)
 
 
 def _fused_backward(geos, precision, interpret, negative_slope, residuals, g_BxTxO):
-  x_BxTxI, similarity_BxTx3, kernel_KxIxO, activated = residuals
+  x_BxTxI, similarity_BxTx3, kernel_read, activated = residuals
   g_BxTxO = g_BxTxO.astype(x_BxTxI.dtype)
   if negative_slope is not None:  # jax.nn.leaky_relu's gradient: 1 where its input is >= 0
     g_BxTxO = jnp.where(activated >= 0, g_BxTxO, negative_slope * g_BxTxO)
-  dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[1],
+  g_BxTxO = _as_read(geos[1], g_BxTxO)
+  dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_read, geos[1],
                                       precision, interpret)
-  dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos[2], precision,
-                   interpret)
+  # A narrowed kernel was float32, as x is (see narrows).
+  kernel = jax.ShapeDtypeStruct(kernel_read.shape, x_BxTxI.dtype if geos[2].mxu_itemsize <
+                                geos[2].itemsize else kernel_read.dtype)
+  dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel, geos[2], precision, interpret)
   return dx, ds, dw
 
 
@@ -536,8 +570,9 @@ _fused.defvjp(_fused_forward, _fused_backward)
 def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret,
                limit, negative_slope):
   batch, length, c_in = x_BxTxI.shape
+  narrowed = narrows(x_BxTxI.dtype, kernel_KxIxO.dtype, precision, interpret)
   geos = geometries(batch, length, c_in, kernel_KxIxO.shape[-1], affinity,
-                    x_BxTxI.dtype.itemsize, limit)
+                    x_BxTxI.dtype.itemsize, limit, 2 if narrowed else None)
   return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret,
                 negative_slope)
 
