@@ -20,9 +20,14 @@ products g @ W[k]^T in VMEM instead of reading stored group outputs:
   ds[t, j] = sum_{k, c: g(k, c) = j} x[t+k-1, c] * (g @ W[k]^T)[t, c]
   dW[k] = sum_t (x[t+k-1] * scale_k(t))^T g[t]            (a second kernel)
 
+The LeakyReLU that follows each convolution in the network is applied by the forward kernel
+before it writes (`negative_slope`), and its gradient is taken from that output's sign.
+
 On a TPU the kernels are compiled by Mosaic; elsewhere they run in TPU interpret mode
 (`interpret=True`), which is how the tests check them on the CPU. Products accumulate in float32,
-elementwise work is done in float32, and the products' operands are in the input's dtype.
+elementwise work is done in float32, and the products' operands are in the input's dtype, except
+that on a TPU float32 weights and cotangents are read in bfloat16, as the MXU rounds them
+(`narrows`).
 """
 
 import dataclasses
