@@ -48,9 +48,9 @@ FRAME_ALIGN = 16  # frames of a block: a multiple of a (16, 128) bfloat16 tile (
 ROW_TILES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)  # rows a block may hold (frames of one
 # video's tile, or several short videos side by side), tried by `geometries`
 CHANNEL_TILES = (2048, 1024, 512, 256, 128)  # channel tiles tried; a width none divides is one tile
-# The VMEM a kernel may take, by the device kind of the mesh it runs on: each chip's whole VMEM, as
-# its compiler reports it when a kernel asks for more (16.00 MiB on v4, 128.00 on v5e, 127.94 on
-# v6e, 63.94 on v5p), in whole MiB. Other kinds (the CPU's interpret mode, TPUs not listed) get v4's.
+# The VMEM a kernel may take, by the device kind of the mesh it runs on: each chip's whole VMEM,
+# as its compiler reports it when a kernel asks for more (16.00 MiB on v4, 128.00 on v5e, 127.94
+# on v6e, 63.94 on v5p), in whole MiB. Other kinds (the CPU's interpret mode, other TPUs) get v4's.
 VMEM_LIMIT_BYTES = 16 * 2**20
 VMEM_LIMITS_BY_KIND = {'TPU v5 lite': 128 * 2**20, 'TPU v6 lite': 127 * 2**20,
                        'TPU v5': 63 * 2**20}
