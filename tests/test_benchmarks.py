@@ -105,6 +105,9 @@ HLO = '\n'.join([
     '  %copy-done.1 = f32[4,8]{1,0:S(1)} copy-done(%copy-start.1)',
     '  %slice-start.1 = ((bf16[2,128]{1,0}), bf16[1,128]{1,0:S(1)}, s32[]{:S(2)}) '
     'slice-start(%p.2), slice={[0:1], [0:128]}',
+    '  %slice-done.1 = bf16[1,128]{1,0:S(1)} slice-done(%slice-start.1)',
+    '  %custom-call.1 = bf16[1,128]{1,0:S(1)} custom-call(%slice-done.1), '
+    'custom_call_target="ConcatBitcast"',
     '  %fusion.1 = f32[4,8]{1,0} fusion(%copy-done.1, %p.1), kind=kLoop, calls=%f, '
     'metadata={op_name="jit(step)/jvp(Net)/add"}, backend_config={"estimated_cycles":"70"}',
     '  %kernel.1 = f32[4,8]{1,0} custom-call(%fusion.1), custom_call_target="tpu_custom_call", '
@@ -117,7 +120,8 @@ HLO = '\n'.join([
 def test_hlo_breakdown_counts_each_memory_as_the_compiler_does():
   """Bytes per instruction of the entry computation: an asynchronous copy reads its source's
   memory and writes its destination's, a slice moves only its part, a fusion reads its operands
-  and writes its result, a Pallas kernel counts its own estimate, names and tuples move nothing."""
+  and writes its result, a Pallas kernel counts its own estimate; names, tuples and a view of
+  slices laid side by side (ConcatBitcast) move nothing."""
   found = {i.name: i for i in hlo_breakdown.parse(HLO)}
   assert set(found) == {'copy-start.1', 'slice-start.1', 'fusion.1', 'kernel.1'}
   assert (found['copy-start.1'].hbm_bytes, found['copy-start.1'].alternate_bytes) == (128, 128)
