@@ -357,7 +357,7 @@ def count_one(fn: Callable, args: tuple, chip) -> dict:
   from benchmarks import tpu_compile  # pylint: disable=g-import-not-at-top (libtpu's users only)
   compiled = jax.jit(fn).lower(*args).compile()
   text = compiled.as_text()
-  report = tpu_compile.per_chip_report(compiled, chip)
+  report = tpu_compile.per_chip_report(compiled, chip, text)
   return dict(gflop=report['tflop'] * 1e3, gb_accessed=report['gb_accessed'],
               estimated_cycles=estimated_cycles(text), has_kernel='tpu_custom_call' in text,
               compute_ms=report['compute_ms'], memory_ms=report['memory_ms'],

@@ -116,13 +116,14 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence) -> 
     return step.lower(state, batch).compile()
 
 
-def per_chip_report(compiled: jax.stages.Compiled, chip: Chip) -> dict:
-  """FLOPs, bytes, HBM and the roofline of one chip's program (SPMD: every chip runs the same)."""
+def per_chip_report(compiled: jax.stages.Compiled, chip: Chip, text: str | None = None) -> dict:
+  """FLOPs, bytes, HBM and the roofline of one chip's program (SPMD: every chip runs the same);
+  `text`: the program's text if the caller has it already (it takes seconds to print)."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
   flops, accessed = float(cost['flops']), float(cost['bytes accessed'])
-  instructions = hlo_breakdown.parse(compiled.as_text())
+  instructions = hlo_breakdown.parse(text or compiled.as_text())
   in_hbm = sum(i.hbm_bytes for i in instructions)
   hbm = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
          memory.output_size_in_bytes - memory.alias_size_in_bytes)
@@ -167,15 +168,16 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = (), hlo_dir:
   sharding.check_global_batch_size(config.train.batch_size, len(devices))
   started = time.monotonic()
   compiled = compile_train_step(config, devices)
+  text = compiled.as_text()
   if hlo_dir:
     name = '_'.join([topology.replace(':', '_'), dataset, *overrides]).replace('=', '-')
-    (pathlib.Path(hlo_dir) / f'{name}.txt').write_text(compiled.as_text())
+    (pathlib.Path(hlo_dir) / f'{name}.txt').write_text(text)
   return {
       'topology': topology, 'dataset': dataset, 'overrides': list(overrides),
       'chips': len(devices), 'hosts': len({d.process_index for d in devices}),
       'batch': config.train.batch_size, 'segments': config.data.num_segments,
       'width': config.model.feat_dim, 'compile_s': time.monotonic() - started,
-      **per_chip_report(compiled, CHIPS[generation]),
+      **per_chip_report(compiled, CHIPS[generation], text),
   }
 
 
