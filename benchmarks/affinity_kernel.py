@@ -11,8 +11,9 @@ GPU (full shapes, all datasets):
   python -m benchmarks.affinity_kernel --json_out=affinity_gpu.json
 CPU (width 256, batch / 4):
   python -m benchmarks.affinity_kernel --small --json_out=affinity_cpu.json
-TPU (adds the row 'kernel', the fused Pallas kernel of backtal_jax.model.affinity_pallas; off TPUs
-it runs only when named in --formulations, interpreted, for its check, not for its speed):
+TPU (adds the rows 'kernel', the fused Pallas kernel of backtal_jax.model.affinity_pallas, and
+'kernel_16mib', the same with smaller tiles; off TPUs they run only when named in --formulations,
+interpreted, for their check, not for their speed):
   python -m benchmarks.affinity_kernel --json_out=affinity_tpu.json
 The TPU compiler's count on a CPU with libtpu (`pip install 'jax[tpu]'`): per TPU generation and
 form, one chip's bytes, FLOPs, estimated cycles and roofline, compiled and not run:
@@ -172,6 +173,11 @@ def formulations(affinity: str, interpret_kernel: bool | None = None) -> dict[st
     found['convolution'] = affinity_lib.official_by_convolution  # what TPUs got before 'kernel'
   found['kernel'] = lambda x, s, k, precision: affinity_pallas.fused_affinity_conv(
       x, s, k, affinity=affinity, precision=precision, interpret=interpret)
+  # The same kernel with tiles chosen within v4's 16 MiB: smaller blocks, more re-reads, shorter
+  # pipeline fill. On a TPU its time beside 'kernel' says which tiling the chip prefers.
+  found['kernel_16mib'] = lambda x, s, k, precision: affinity_pallas.fused_affinity_conv(
+      x, s, k, affinity=affinity, precision=precision, interpret=interpret,
+      vmem_limit_bytes=affinity_pallas.VMEM_LIMIT_BYTES)
   return found
 
 
@@ -180,11 +186,11 @@ def on_tpu() -> bool:
 
 
 def default_formulations(named: list[str]) -> list[str]:
-  """The formulations to run: those named, else all but the kernel off TPUs (interpreted there,
-  it would be timed at the interpreter's speed)."""
+  """The formulations to run: those named, else all but the kernels off TPUs (interpreted there,
+  they would be timed at the interpreter's speed)."""
   if named or on_tpu():
     return named
-  return [name for name in formulations('official') if name != 'kernel']
+  return [name for name in formulations('official') if not name.startswith('kernel')]
 
 
 def forward_flops(batch: int, length: int, c_in: int, c_out: int) -> int:
@@ -343,7 +349,7 @@ def run_benchmark(shapes, affinity_names, modes, precision_names, formulation_na
 
 
 TPU_GENERATIONS = {'v5e': 'v5e:2x2', 'v4': 'v4:2x2x1', 'v5p': 'v5p:2x2x1', 'v6e': 'v6e:2x2'}
-COUNTED = ('fast', 'convolution', 'kernel')  # --tpu_counts' default forms
+COUNTED = ('fast', 'convolution', 'kernel', 'kernel_16mib')  # --tpu_counts' default forms
 
 
 def estimated_cycles(hlo_text: str) -> int:

@@ -139,6 +139,19 @@ def test_float32_with_narrowed_weights_and_cotangent(affinity, dtype, batch, len
   assert max(errors['out'], errors['dW']) <= 2 ** -8, errors
 
 
+def test_a_given_vmem_limit_bounds_the_tiles(monkeypatch):
+  """vmem_limit_bytes reaches the tile search in place of the chip's (interpret mode: v4's)."""
+  limits = []
+  search = affinity_pallas.geometries
+  monkeypatch.setattr(affinity_pallas, 'geometries',
+                      lambda *args: limits.append(args[6]) or search(*args))
+  x, similarity, kernel, _ = random_inputs(2, 9, 5, 4, 'float32')
+  for given in (None, 2**20):
+    jax.make_jaxpr(lambda *a, given=given: affinity_pallas.fused_affinity_conv(
+        *a, interpret=True, vmem_limit_bytes=given))(x, similarity, kernel)
+  assert limits == [affinity_pallas.VMEM_LIMIT_BYTES, 2**20]
+
+
 def test_cpu_auto_is_the_xla_form_bit_for_bit():
   """'auto' off TPUs lowers to the XLA form alone (no kernel in the CPU program), with the same
   bits, for both affinities and for the gradients."""

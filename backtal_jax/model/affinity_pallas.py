@@ -592,9 +592,12 @@ def _device_kind(mesh) -> str | None:
 
 def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array,
                         *, affinity: str = 'official', precision=None, interpret: bool = False,
-                        negative_slope: float | None = None) -> jax.Array:
+                        negative_slope: float | None = None,
+                        vmem_limit_bytes: int | None = None) -> jax.Array:
   """The affinity convolution of a batch through the fused kernels: [B, T, I] -> [B, T, O];
   with `negative_slope`, followed by LeakyReLU (applied in the kernel, see `leaky_relu`).
+  `vmem_limit_bytes`: the VMEM the tiles may take; by default the chip's (`vmem_limit`), or v4's
+  in interpret mode. A smaller one gives smaller tiles (for comparing tilings on a TPU).
 
   On a mesh whose batch axis splits the videos, each device runs the kernels on its own videos
   (shard_map; the kernel gradient's parts are summed over the devices by shard_map's transpose),
@@ -602,7 +605,8 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
   """
   affinity_lib.check_affinity(affinity)
   typed = jax.typeof(x_BxTxI).sharding
-  limit = VMEM_LIMIT_BYTES if interpret else vmem_limit(_device_kind(typed.mesh))
+  limit = vmem_limit_bytes or (VMEM_LIMIT_BYTES if interpret else
+                               vmem_limit(_device_kind(typed.mesh)))
   one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
                                 interpret=interpret, limit=limit, negative_slope=negative_slope)
   if typed.mesh.empty:
