@@ -531,9 +531,13 @@ def narrows(dtype, kernel_dtype, precision, interpret: bool) -> bool:
           jnp.dtype(kernel_dtype) == jnp.float32)
 
 
+def _narrowed(geo: Geometry) -> bool:
+  return geo.mxu_itemsize < geo.itemsize
+
+
 def _as_read(geo: Geometry, operand):
   """The kernel or the cotangent in the dtype the kernels read it (see `narrows`)."""
-  return operand.astype(jnp.bfloat16) if geo.mxu_itemsize < geo.itemsize else operand
+  return operand.astype(jnp.bfloat16) if _narrowed(geo) else operand
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -562,9 +566,9 @@ def _fused_backward(geos, precision, interpret, negative_slope, residuals, g_BxT
   g_BxTxO = _as_read(geos[1], g_BxTxO)
   dx, ds = input_and_similarity_grads(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel_read, geos[1],
                                       precision, interpret)
-  # A narrowed kernel was float32, as x is (see narrows).
-  kernel = jax.ShapeDtypeStruct(kernel_read.shape, x_BxTxI.dtype if geos[2].mxu_itemsize <
-                                geos[2].itemsize else kernel_read.dtype)
+  # A narrowed kernel was float32 (see narrows), and so is its gradient.
+  kernel = jax.ShapeDtypeStruct(kernel_read.shape,
+                                jnp.float32 if _narrowed(geos[2]) else kernel_read.dtype)
   dw = kernel_grad(g_BxTxO, x_BxTxI, similarity_BxTx3, kernel, geos[2], precision, interpret)
   return dx, ds, dw
 
@@ -577,7 +581,8 @@ def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, 
   batch, length, c_in = x_BxTxI.shape
   narrowed = narrows(x_BxTxI.dtype, kernel_KxIxO.dtype, precision, interpret)
   geos = geometries(batch, length, c_in, kernel_KxIxO.shape[-1], affinity,
-                    x_BxTxI.dtype.itemsize, limit, 2 if narrowed else None)
+                    x_BxTxI.dtype.itemsize, limit,
+                    jnp.dtype(jnp.bfloat16).itemsize if narrowed else None)
   return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret,
                 negative_slope)
 
