@@ -243,14 +243,6 @@ def _dot(a, b, contracting, precision):
                              preferred_element_type=jnp.float32)
 
 
-def leaky_relu(value, negative_slope: float | None):
-  """jax.nn.leaky_relu's formula (None: no activation), applied by the forward kernel to its sum
-  before it is written, so that the activation costs no pass of its own over [B, T, O]."""
-  if negative_slope is None:
-    return value
-  return jnp.where(value >= 0, value, negative_slope * value)
-
-
 def _forward_kernel(x_ref, x_before_ref, x_after_ref, s_ref, w_ref, out_ref, acc_ref, *, geo,
                     precision, negative_slope):
   """Grid (batch blocks, frame blocks, output blocks, input blocks); the last is the sum."""
@@ -267,7 +259,9 @@ def _forward_kernel(x_ref, x_before_ref, x_after_ref, s_ref, w_ref, out_ref, acc
 
   @pl.when(in_block == pl.num_programs(3) - 1)
   def _():
-    out = leaky_relu(acc_ref[...], negative_slope)
+    out = acc_ref[...]
+    if negative_slope is not None:  # on the sum, so the activation has no pass of its own
+      out = jax.nn.leaky_relu(out, negative_slope)
     out_ref[...] = out.reshape(out_ref.shape).astype(out_ref.dtype)
 
 
@@ -600,7 +594,7 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
                         negative_slope: float | None = None,
                         vmem_limit_bytes: int | None = None) -> jax.Array:
   """The affinity convolution of a batch through the fused kernels: [B, T, I] -> [B, T, O];
-  with `negative_slope`, followed by LeakyReLU (applied in the kernel, see `leaky_relu`).
+  with `negative_slope`, followed by jax.nn.leaky_relu, applied in the forward kernel.
   `vmem_limit_bytes`: the VMEM the tiles may take; by default the chip's (`vmem_limit`), or v4's
   in interpret mode. A smaller one gives smaller tiles (for comparing tilings on a TPU).
 
