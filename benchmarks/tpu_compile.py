@@ -116,14 +116,14 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence) -> 
     return step.lower(state, batch).compile()
 
 
-def per_chip_report(compiled: jax.stages.Compiled, chip: Chip, text: str | None = None) -> dict:
+def per_chip_report(compiled: jax.stages.Compiled, chip: Chip, text: str) -> dict:
   """FLOPs, bytes, HBM and the roofline of one chip's program (SPMD: every chip runs the same);
-  `text`: the program's text if the caller has it already (it takes seconds to print)."""
+  `text`: its compiled.as_text(), which the callers print once (it takes seconds)."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
   flops, accessed = float(cost['flops']), float(cost['bytes accessed'])
-  instructions = hlo_breakdown.parse(text or compiled.as_text())
+  instructions = hlo_breakdown.parse(text)
   in_hbm = sum(i.hbm_bytes for i in instructions)
   hbm = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
          memory.output_size_in_bytes - memory.alias_size_in_bytes)
@@ -168,6 +168,7 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = (), hlo_dir:
   sharding.check_global_batch_size(config.train.batch_size, len(devices))
   started = time.monotonic()
   compiled = compile_train_step(config, devices)
+  compile_s = time.monotonic() - started
   text = compiled.as_text()
   if hlo_dir:
     name = '_'.join([topology.replace(':', '_'), dataset, *overrides]).replace('=', '-')
@@ -176,7 +177,7 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = (), hlo_dir:
       'topology': topology, 'dataset': dataset, 'overrides': list(overrides),
       'chips': len(devices), 'hosts': len({d.process_index for d in devices}),
       'batch': config.train.batch_size, 'segments': config.data.num_segments,
-      'width': config.model.feat_dim, 'compile_s': time.monotonic() - started,
+      'width': config.model.feat_dim, 'compile_s': compile_s,
       **per_chip_report(compiled, CHIPS[generation], text),
   }
 

@@ -21,11 +21,12 @@ def test_debug_step_compiles_for_a_v5e_slice_fits_and_uses_the_tpu_formulations(
   devices = tpu_compile.topology_devices('v5e:2x2')
   assert len(devices) == 4 and devices[0].platform == 'tpu'
   compiled = tpu_compile.compile_train_step(tpu_compile.dataset_config('debug', ()), devices)
-  row = tpu_compile.per_chip_report(compiled, tpu_compile.CHIPS['v5e'])
+  text = compiled.as_text()
+  row = tpu_compile.per_chip_report(compiled, tpu_compile.CHIPS['v5e'], text)
   assert row['fits'] and 0 < row['hbm_fraction'] < 0.01
   assert row['tflop'] > 0 and row['gb_accessed'] > 0
   assert row['roofline_ms'] == max(row['compute_ms'], row['memory_ms'])
-  hlo = compiled.as_text().splitlines()
+  hlo = text.splitlines()
   kernels = [line.split(' = ')[0].strip().lstrip('%').split('.')[0] for line in hlo
              if 'custom_call_target="tpu_custom_call"' in line]
   # Both affinity convolutions through the fused kernels ('auto' on TPUs): forward, dx with ds, dW.
