@@ -88,9 +88,9 @@ def test_the_kernels_tiles_fit_the_vmem_of_each_generation(topology, dtype):
     compiled = jax.jit(output_and_grads).lower(
         array(8, 750, 2048), array(8, 750, 3), array(3, 2048, 2048, where=whole),
         array(8, 750, 2048)).compile()
-  narrowed = affinity_pallas.narrows(dtype, dtype, None, interpret=False)
-  geos = affinity_pallas.geometries(8, 750, 2048, 2048, 'official',
-                                    jax.numpy.dtype(dtype).itemsize, limit, 2 if narrowed else None)
+  geos = affinity_pallas.shard_geometries(
+      jax.ShapeDtypeStruct((8, 750, 2048), dtype), jax.ShapeDtypeStruct((3, 2048, 2048), dtype),
+      affinity='official', precision=None, interpret=False, limit=limit)
   hlo = compiled.as_text()
   for plan in affinity_pallas.plans(geos):
     assert f'"bytes_accessed":"{plan.moved_bytes()}"' in hlo

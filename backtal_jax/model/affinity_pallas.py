@@ -570,13 +570,20 @@ def _fused_backward(geos, precision, interpret, negative_slope, residuals, g_BxT
 _fused.defvjp(_fused_forward, _fused_backward)
 
 
-def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret,
-               limit, negative_slope):
+def shard_geometries(x_BxTxI, kernel_KxIxO, *, affinity: str, precision, interpret: bool,
+                     limit: int) -> tuple[Geometry, ...]:
+  """The three kernels' geometries for one device's x and kernel (arrays or their shapes)."""
   batch, length, c_in = x_BxTxI.shape
   narrowed = narrows(x_BxTxI.dtype, kernel_KxIxO.dtype, precision, interpret)
-  geos = geometries(batch, length, c_in, kernel_KxIxO.shape[-1], affinity,
-                    x_BxTxI.dtype.itemsize, limit,
+  return geometries(batch, length, c_in, kernel_KxIxO.shape[-1], affinity,
+                    jnp.dtype(x_BxTxI.dtype).itemsize, limit,
                     jnp.dtype(jnp.bfloat16).itemsize if narrowed else None)
+
+
+def _one_shard(x_BxTxI, similarity_BxTx3, kernel_KxIxO, *, affinity, precision, interpret,
+               limit, negative_slope):
+  geos = shard_geometries(x_BxTxI, kernel_KxIxO, affinity=affinity, precision=precision,
+                          interpret=interpret, limit=limit)
   return _fused(x_BxTxI, similarity_BxTx3, kernel_KxIxO, geos, precision, interpret,
                 negative_slope)
 
