@@ -150,6 +150,8 @@ def test_a_given_vmem_limit_bounds_the_tiles(monkeypatch):
     jax.make_jaxpr(lambda *a, given=given: affinity_pallas.fused_affinity_conv(
         *a, interpret=True, vmem_limit_bytes=given))(x, similarity, kernel)
   assert limits == [affinity_pallas.VMEM_LIMIT_BYTES, 2**20]
+  with pytest.raises(ValueError, match='vmem_limit_bytes must be positive, got 0'):
+    affinity_pallas.fused_affinity_conv(x, similarity, kernel, interpret=True, vmem_limit_bytes=0)
 
 
 def test_cpu_auto_is_the_xla_form_bit_for_bit():

@@ -611,8 +611,13 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
   """
   affinity_lib.check_affinity(affinity)
   typed = jax.typeof(x_BxTxI).sharding
-  limit = vmem_limit_bytes or (VMEM_LIMIT_BYTES if interpret else
-                               vmem_limit(_device_kind(typed.mesh)))
+  if vmem_limit_bytes is None:
+    limit = VMEM_LIMIT_BYTES if interpret else vmem_limit(_device_kind(typed.mesh))
+  elif vmem_limit_bytes > 0:
+    limit = vmem_limit_bytes
+  else:
+    raise ValueError(f'fused_affinity_conv: vmem_limit_bytes must be positive, got '
+                     f'{vmem_limit_bytes}')
   one_shard = functools.partial(_one_shard, affinity=affinity, precision=precision,
                                 interpret=interpret, limit=limit, negative_slope=negative_slope)
   if typed.mesh.empty:
