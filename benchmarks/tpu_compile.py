@@ -166,6 +166,8 @@ def measure(topology: str, dataset: str, overrides: Sequence[str] = (), hlo_dir:
   config = dataset_config(dataset, overrides)
   devices = topology_devices(topology)
   sharding.check_global_batch_size(config.train.batch_size, len(devices))
+  if hlo_dir:  # made (or refused) before a compile of minutes, not after it
+    pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
   started = time.monotonic()
   compiled = compile_train_step(config, devices)
   compile_s = time.monotonic() - started
