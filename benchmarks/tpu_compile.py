@@ -93,9 +93,8 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   model = train_state.make_model(config)
   tx = optimizer.official_adam(config.train)
   state = jax.eval_shape(functools.partial(train_state.create_train_state, config, model, tx, mesh))
-  replicated = sharding.replicated_sharding(mesh)
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                       state)
+  state = jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
+                       state, train_state.state_shardings(state, mesh))
   data = sharding.batch_sharding(mesh)
   b, t, c = config.train.batch_size, config.data.num_segments, config.model.num_classes
   batch = {

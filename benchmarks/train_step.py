@@ -1,8 +1,8 @@
 """Benchmark of the whole training step: forward, BackTAL loss, gradients and the Adam update.
 
-What is timed is `train.jit_train_step` as the training loop runs it: one jit with the state
-donated, on a 1-D 'data' mesh over every device, each call taking the state the previous call
-returned. Inputs are random features with realistic labels: one or two action classes and 1-13
+What is timed is `train.jit_train_step` as the training loop runs it: one jit on a 1-D 'data'
+mesh over every device (Adam's update split over it), each call taking the state the previous
+call returned. Inputs are random features with realistic labels: one or two action classes and 1-13
 background clicks per video (THUMOS14 annotation A1: median 7 per video). Rows cover each dataset's
 default shape (its config's batch and T), float32 and bfloat16 compute (config.model.dtype), and
 optionally the matmul precision (jax.default_matmul_precision). With `--official_repo`, PyTorch and
@@ -157,7 +157,7 @@ def device_peak_bytes() -> int | None:
 def timed_steps(step_fn, state, batch, warmup: int, repeats: int):
   """Seconds of each timed step, the last state and metrics.
 
-  The state is donated, so every call takes the state the previous call returned, as in training.
+  Every call takes the state the previous call returned, as in training.
   """
   for _ in range(warmup):
     state, metrics = step_fn(state, batch)

@@ -43,6 +43,19 @@ def test_debug_step_compiles_for_a_v5e_slice_fits_and_uses_the_tpu_formulations(
   assert not any('/stack' in name for name in merge_ops)  # not per video
 
 
+def test_the_kernels_weight_gradients_are_reduce_scattered_into_the_update_shares():
+  """THUMOS14's step on v5e:2x2 in bfloat16: each affinity kernel's float32 weight gradient is
+  summed into the chips' quarters of Adam's update by one reduce-scatter; no whole one is
+  all-reduced. (At the debug config's widths the compiler all-reduces such small arrays.)"""
+  config = tpu_compile.dataset_config('thumos14', ['model.dtype=bfloat16'])
+  hlo = tpu_compile.compile_train_step(config, tpu_compile.topology_devices('v5e:2x2')).as_text()
+  h = config.model.hidden_dim
+  scattered = [line for line in hlo.splitlines() if ' reduce-scatter(' in line]
+  assert len(scattered) == 2 and all(f'f32[3,{h // 4},{h}]' in line for line in scattered)
+  assert not [line for line in hlo.splitlines()
+              if ' all-reduce(' in line and f'f32[3,{h},{h}]' in line]
+
+
 def test_forcing_xla_on_tpus_gives_the_group_convolutions():
   config = tpu_compile.dataset_config('debug', ['model.affinity_kernel=xla'])
   compiled = tpu_compile.compile_train_step(config, tpu_compile.topology_devices('v5e:2x2'))

@@ -1,12 +1,15 @@
-"""The device mesh and the placement of host batches on it.
+"""The device mesh, the placement of host batches on it, and the split of the optimiser's update.
 
 One 'data' axis over every device: parameters are replicated, batches are split along their first
 axis. Each process hands over only the rows it read, and
 `jax.make_array_from_process_local_data` assembles the global array without any host ever holding
-the whole batch.
+the whole batch. The optimiser's element-wise update is split over the devices (ZeRO's first
+stage): each device keeps Adam's moments for its share of every parameter it can split
+(`update_spec`) and updates that share; the new parameters are then gathered.
 """
 
 from collections.abc import Sequence
+import functools
 
 import jax
 from jax.sharding import NamedSharding
@@ -29,6 +32,45 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Parameters and optimiser state: a full copy on every device."""
   return NamedSharding(mesh, P())
+
+
+def update_spec(shape: Sequence[int], num_devices: int) -> P:
+  """Where an array that the optimiser updates element by element is split: along its first axis
+  that divides evenly over the devices (each device updates 1/N of it and keeps Adam's moments for
+  that share only), replicated when no axis does, or on one device, which updates the whole."""
+  if num_devices == 1:
+    return P()
+  for axis, size in enumerate(shape):
+    if size % num_devices == 0:
+      return P(*(None,) * axis, 'data')
+  return P()
+
+
+def update_sharding(shape: Sequence[int], mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, update_spec(shape, mesh.size))
+
+
+def update_share(x: jax.Array, num_devices: int) -> jax.Array:
+  """Each device's share of `x` by update_spec: a replicated `x` is sliced (no data moved), an
+  unreduced one (the gradient of reduced weights) summed into the shares by one reduce-scatter.
+
+  Written as psum_scatter because `jax.reshard` from unreduced to split lowers to an all-reduce
+  and a slice on TPUs (JAX 0.10.2), which moves the whole gradient to every device.
+  """
+  spec = update_spec(x.shape, num_devices)
+  typed = jax.typeof(x).sharding
+  if not typed.spec.unreduced or 'data' not in spec:
+    return jax.reshard(x, spec)
+  split = functools.partial(jax.lax.psum_scatter, axis_name='data',
+                            scatter_dimension=spec.index('data'), tiled=True)
+  return jax.shard_map(split, mesh=typed.mesh, in_specs=P(unreduced={'data'}), out_specs=spec)(x)
+
+
+def reduced_over_data(x: jax.Array) -> jax.Array:
+  """`x` (replicated) typed as *reduced* over 'data': the same copy on every device, no data
+  moved, but its gradient comes back *unreduced* (each device's partial sum), so that the step can
+  sum it straight into each device's share (a reduce-scatter) instead of all-reducing it."""
+  return jax.reshard(x, P(reduced={'data'}))
 
 
 def divides_over(global_batch_size: int, num_devices: int) -> bool:

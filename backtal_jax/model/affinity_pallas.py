@@ -629,6 +629,9 @@ def fused_affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_
     raise ValueError('fused_affinity_conv: on a mesh of several devices the batch (axis 0) must be '
                      f'split over it, got the sharding {typed}')
   videos = P(typed.spec[0] if typed.spec else None)
-  # check_vma=False: a pallas_call's results carry no varying-axes annotation.
-  return jax.shard_map(one_shard, mesh=typed.mesh, in_specs=(videos, videos, P()),
+  # The kernel as it comes: replicated, or reduced (then its gradient leaves unreduced: each
+  # device's own sum, with no all-reduce here). check_vma=False: a pallas_call's results carry no
+  # varying-axes annotation.
+  weights = P(reduced=jax.typeof(kernel_KxIxO).sharding.spec.reduced)
+  return jax.shard_map(one_shard, mesh=typed.mesh, in_specs=(videos, videos, weights),
                        out_specs=videos, check_vma=False)(x_BxTxI, similarity_BxTx3, kernel_KxIxO)

@@ -18,6 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from backtal_jax.core import batch_rows
 from backtal_jax.core import fields
@@ -37,6 +38,16 @@ def _replicated_on_a_mesh(x_BxTxI: jax.Array) -> bool:
   return not mesh.empty and mesh.size > 1 and batch_rows.batch_shards(x_BxTxI) == 1
 
 
+def fused_on(affinity_kernel: str, platform: str) -> bool:
+  """Whether `affinity_kernel` picks the fused kernel on `platform` ('tpu', 'cpu', 'gpu') for a
+  float32 or bfloat16 batch split over the mesh."""
+  return affinity_kernel == 'pallas' or (affinity_kernel == 'auto' and platform == 'tpu')
+
+
+def _is_reduced(x: jax.Array) -> bool:
+  return bool(jax.typeof(x).sharding.spec.reduced)
+
+
 def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO: jax.Array, *,
                   affinity_form: str = 'official', affinity_kernel: str = 'auto',
                   precision=None, negative_slope: float | None = None) -> jax.Array:
@@ -44,8 +55,13 @@ def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO:
   with `negative_slope`, followed by LeakyReLU (inside the kernel, or after the XLA form)."""
   check_affinity_kernel(affinity_kernel)
 
-  def xla(*operands):
-    out = affinity.affinity_conv(*operands, affinity=affinity_form, precision=precision)
+  def xla(x_BxTxI, similarity_BxTx3, kernel_KxIxO):
+    # A reduced kernel (network.BackTAL.reduced_weights: when the fused kernel was expected) as
+    # the replicated one the XLA form's element-wise products need: correct, but its gradient is
+    # then all-reduced here, and summed again where the train step sums the kernel's.
+    kernel_KxIxO = jax.reshard(kernel_KxIxO, P()) if _is_reduced(kernel_KxIxO) else kernel_KxIxO
+    out = affinity.affinity_conv(x_BxTxI, similarity_BxTx3, kernel_KxIxO, affinity=affinity_form,
+                                 precision=precision)
     return out if negative_slope is None else jax.nn.leaky_relu(out, negative_slope)
 
   if affinity_kernel == 'xla' or x_BxTxI.dtype == jnp.float64 or _replicated_on_a_mesh(x_BxTxI):

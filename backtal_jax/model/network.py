@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 import flax
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -253,6 +254,17 @@ class BackTAL(nn.Module):
     self.base_module = BaseModule(self.hidden_dim, self.dropout_rate, self.affinity, compute_dtype,
                                   self.affinity_kernel)
     self.classifier_module = ClassifierModule(self.num_classes + 1, self.hidden_dim, at_least_f32)
+
+  def reduced_weights(self, params: Any, platform: str) -> Any:
+    """True for the parameters this model also takes typed *reduced* over the batch's mesh axis
+    on `platform`: the affinity convolutions' kernels (most of the parameters) where the fused
+    kernel runs, whose gradient then stays each device's partial sum (the kernel's own) until the
+    train step sums it into each device's share of the update. The XLA form reduces the gradient
+    itself, and flax's Dense and Conv add biases to sharded activations, which JAX's types do not
+    allow for reduced weights: those take replicated parameters."""
+    fused = affinity_select.fused_on(self.affinity_kernel, platform)
+    return traverse_util.path_aware_map(
+        lambda path, _: fused and path[0] == 'base_module' and path[-1] == 'kernel', params)
 
   def __call__(self, features_BxTxF: jax.Array, deterministic: bool = True) -> BackTALOutputs:
     if features_BxTxF.shape[-1] != self.feat_dim:

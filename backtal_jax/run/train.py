@@ -1,8 +1,8 @@
 """Training BackTAL: the sharded jitted step and the epoch loop.
 
-Parameters and optimiser state are replicated over a 1-D 'data' mesh and batches are split along
-it; the step is one `jax.jit` with explicit shardings and the state donated. Each epoch is
-evaluated through backtal_jax.evaluation.evaluator."""
+Parameters are replicated over a 1-D 'data' mesh, Adam's moments split over it (each device
+updates its share) and batches split along it; the step is one `jax.jit` with explicit shardings.
+Each epoch is evaluated through backtal_jax.evaluation.evaluator."""
 
 import dataclasses
 import signal
@@ -10,6 +10,7 @@ import signal
 from absl import logging
 from etils import epath
 import jax
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -41,8 +42,16 @@ from backtal_jax.run.train_state import TrainState
 
 
 def train_step(state: TrainState, batch: dict, *, model: network.BackTAL,
-               tx: optax.GradientTransformation, config: ml_collections.ConfigDict):
-  """One optimiser step on a global batch; returns the new state and the step's loss terms."""
+               tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+               num_devices: int, platform: str):
+  """One optimiser step on a global batch; returns the new state and the step's loss terms.
+
+  Each device updates its share of the parameters (sharding.update_spec), so that Adam's
+  element-wise update, which reads and writes every parameter and both moments, costs each
+  device 1/N of it. Where the fused affinity kernel runs, its weights' gradients come out
+  unreduced (reduced weights) and are summed straight into those shares; the other gradients
+  arrive summed and are sliced. The new shares are then gathered. `platform`: the mesh's.
+  """
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
   def loss_fn(params):
@@ -51,23 +60,34 @@ def train_step(state: TrainState, batch: dict, *, model: network.BackTAL,
     return losses.backtal_loss(outputs, batch['video_labels'], batch['click_labels'], config,
                                batch['mask'])
 
-  (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state)
+  params = jax.tree.map(lambda p, reduced: sharding.reduced_over_data(p) if reduced else p,
+                        state.params, model.reduced_weights(state.params, platform))
+  (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  grads, params = (jax.tree.map(lambda x: sharding.update_share(x, num_devices), tree)
+                   for tree in (grads, state.params))
+  updates, opt_state = tx.update(grads, state.opt_state, params)
+  new_params = jax.tree.map(lambda p: jax.reshard(p, P()), optax.apply_updates(params, updates))
+  new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state)
   return new_state, {'loss': total, **terms, 'grad_norm': optax.tree.norm(grads)}
 
 
 def jit_train_step(model, tx, config, mesh, state: TrainState, feed=None):
-  """The jitted step on a global batch, or on what `feed` (data/feeds.py) serves."""
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  """The jitted step on a global batch, or on what `feed` (data/feeds.py) serves.
+
+  The state is not donated: the new parameters are gathered from the devices' shares into their
+  output buffer, and with the old parameters' buffer as that output, the TPU compiler copies the
+  old parameters first (THUMOS14 on v5e, bfloat16: 0.75 GB more counted per step,
+  benchmarks/RESULTS.md). Not donating costs one more state in memory (about 180 MB per device).
+  """
+  state_shardings = train_state.state_shardings(state, mesh)
   data = sharding.batch_sharding(mesh) if feed is None else feed.shardings
   assemble = (lambda batch: batch) if feed is None else feed.assemble
   return jax.jit(
-      lambda state, inputs: train_step(state, assemble(inputs), model=model, tx=tx, config=config),
+      lambda state, inputs: train_step(state, assemble(inputs), model=model, tx=tx, config=config,
+                                       num_devices=mesh.size,
+                                       platform=mesh.devices.flat[0].platform),
       in_shardings=(state_shardings, data),
-      out_shardings=(state_shardings, sharding.replicated_sharding(mesh)),
-      donate_argnums=0)
+      out_shardings=(state_shardings, sharding.replicated_sharding(mesh)))
 
 
 def mean_metrics(metrics: list[dict]) -> dict[str, float]:

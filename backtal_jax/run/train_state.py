@@ -39,7 +39,7 @@ def abstract_params(config: ml_collections.ConfigDict, model: network.BackTAL,
 
 def create_train_state(config: ml_collections.ConfigDict, model: network.BackTAL,
                        tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
-  """Initialised state, built directly with replicated shardings (the big_vision way)."""
+  """Initialised state, built directly with its shardings (the big_vision way)."""
   features_shape = (1, config.data.num_segments, config.model.feat_dim)
 
   def init(rng):
@@ -49,6 +49,14 @@ def create_train_state(config: ml_collections.ConfigDict, model: network.BackTAL
                       rng=jax.random.key_data(dropout_rng))
 
   rng = jax.random.key(config.train.seed)
-  abstract = jax.eval_shape(init, rng)
-  replicated = jax.tree.map(lambda _: sharding.replicated_sharding(mesh), abstract)
-  return jax.jit(init, out_shardings=replicated)(rng)
+  return jax.jit(init, out_shardings=state_shardings(jax.eval_shape(init, rng), mesh))(rng)
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+  """Where each part of the state (or of its shapes) lives: the optimiser's moments split as its
+  update is (sharding.update_spec), everything else replicated."""
+  replicated = sharding.replicated_sharding(mesh)
+  return TrainState(
+      step=replicated, params=jax.tree.map(lambda _: replicated, state.params),
+      opt_state=jax.tree.map(lambda x: sharding.update_sharding(x.shape, mesh), state.opt_state),
+      rng=replicated)
