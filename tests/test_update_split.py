@@ -1,5 +1,7 @@
 """The optimiser's update split over the devices: each updates its share, and no bit changes."""
 
+import functools
+
 import hypothesis
 from hypothesis import strategies as st
 import jax
@@ -10,7 +12,6 @@ import optax
 import pytest
 
 from backtal_jax.core import sharding
-from backtal_jax.model import losses
 from backtal_jax.run import checkpoint
 from backtal_jax.run import history
 from backtal_jax.run import optimizer
@@ -69,14 +70,8 @@ def small_config(batch: int):
 
 def replicated_update(state, batch, *, model, tx, config):
   """The step as it was before the update was split: every device updates every parameter."""
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-  def loss_fn(params):
-    outputs = model.apply({'params': params}, batch['features'], deterministic=False,
-                          rngs={'dropout': rng})
-    return losses.backtal_loss(outputs, batch['video_labels'], batch['click_labels'], config,
-                               batch['mask'])
-
+  loss_fn = functools.partial(train.step_loss, state=state, batch=batch, model=model,
+                              config=config)
   (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),

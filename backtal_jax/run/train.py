@@ -5,6 +5,7 @@ updates its share) and batches split along it; the step is one `jax.jit` with ex
 Each epoch is evaluated through backtal_jax.evaluation.evaluator."""
 
 import dataclasses
+import functools
 import signal
 
 from absl import logging
@@ -41,6 +42,16 @@ from backtal_jax.run.history import History
 from backtal_jax.run.train_state import TrainState
 
 
+def step_loss(params, state: TrainState, batch: dict, *, model: network.BackTAL,
+              config: ml_collections.ConfigDict):
+  """The BackTAL loss of a global batch and its terms, with the dropout of the state's step."""
+  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  outputs = model.apply({'params': params}, batch['features'], deterministic=False,
+                        rngs={'dropout': dropout_rng})
+  return losses.backtal_loss(outputs, batch['video_labels'], batch['click_labels'], config,
+                             batch['mask'])
+
+
 def train_step(state: TrainState, batch: dict, *, model: network.BackTAL,
                tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
                num_devices: int, platform: str):
@@ -52,14 +63,7 @@ def train_step(state: TrainState, batch: dict, *, model: network.BackTAL,
   unreduced (reduced weights) and are summed straight into those shares; the other gradients
   arrive summed and are sliced. The new shares are then gathered. `platform`: the mesh's.
   """
-  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-  def loss_fn(params):
-    outputs = model.apply({'params': params}, batch['features'], deterministic=False,
-                          rngs={'dropout': dropout_rng})
-    return losses.backtal_loss(outputs, batch['video_labels'], batch['click_labels'], config,
-                               batch['mask'])
-
+  loss_fn = functools.partial(step_loss, state=state, batch=batch, model=model, config=config)
   params = jax.tree.map(lambda p, reduced: sharding.reduced_over_data(p) if reduced else p,
                         state.params, model.reduced_weights(state.params, platform))
   (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
