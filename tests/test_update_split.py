@@ -137,3 +137,18 @@ def test_a_checkpoint_of_split_moments_resumes_on_another_device_count(tmp_path)
   moments = states[2].opt_state[1].nu['base_module']['conv_2']['kernel']
   assert float(jnp.abs(moments).max()) > 0  # a step was taken: not the zeros of a fresh state
   assert {s.data.shape for s in moments.addressable_shards} == {(3, 32, 64)}
+
+
+def test_a_state_with_replicated_moments_is_refused_naming_the_field():
+  config = small_config(batch=4)
+  mesh = sharding.make_mesh(devices.first_devices(4))
+  with jax.set_mesh(mesh):
+    model = train_state.make_model(config)
+    tx = optimizer.official_adam(config.train)
+    state = train_state.create_train_state(config, model, tx, mesh)
+    train.jit_train_step(model, tx, config, mesh, state)  # the state as built: accepted
+    replicated = jax.device_put(state, sharding.replicated_sharding(mesh))
+    with pytest.raises(ValueError, match=r"state\.opt_state\[1\]\.mu\['base_module'\]\['conv_1'\]"
+                       r"\['kernel'\] is laid out as P\(\); the train step takes it as "
+                       r"P\(None, 'data'\)"):
+      train.jit_train_step(model, tx, config, mesh, replicated)

@@ -83,6 +83,7 @@ def jit_train_step(model, tx, config, mesh, state: TrainState, feed=None):
   old parameters first (THUMOS14 on v5e, bfloat16: 0.75 GB more counted per step,
   benchmarks/RESULTS.md). Not donating costs one more state in memory (about 180 MB per device).
   """
+  train_state.check_layout(state, mesh)
   state_shardings = train_state.state_shardings(state, mesh)
   data = sharding.batch_sharding(mesh) if feed is None else feed.shardings
   assemble = (lambda batch: batch) if feed is None else feed.assemble

@@ -60,3 +60,16 @@ def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
       step=replicated, params=jax.tree.map(lambda _: replicated, state.params),
       opt_state=jax.tree.map(lambda x: sharding.update_sharding(x.shape, mesh), state.opt_state),
       rng=replicated)
+
+
+def check_layout(state: TrainState, mesh: jax.sharding.Mesh) -> None:
+  """Raises if an array of `state` is not laid out as state_shardings says (a state built by hand
+  with replicated moments, say), naming the first such field, before the step is compiled."""
+  wanted = jax.tree.leaves(state_shardings(state, mesh))
+  for (path, leaf), want in zip(jax.tree_util.tree_flatten_with_path(state)[0], wanted):
+    have = getattr(leaf, 'sharding', None)
+    if have is not None and not have.is_equivalent_to(want, len(leaf.shape)):
+      raise ValueError(
+          f'state{jax.tree_util.keystr(path)} is laid out as {have.spec}; the train step takes it '
+          f'as {want.spec} (Adam\'s moments split over the devices, everything else replicated). '
+          'Build the state with train_state.create_train_state, or restore a checkpoint into one.')
