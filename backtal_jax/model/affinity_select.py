@@ -64,10 +64,12 @@ def affinity_conv(x_BxTxI: jax.Array, similarity_BxTx3: jax.Array, kernel_KxIxO:
                                  precision=precision)
     return out if negative_slope is None else jax.nn.leaky_relu(out, negative_slope)
 
-  if affinity_kernel == 'xla' or x_BxTxI.dtype == jnp.float64 or _replicated_on_a_mesh(x_BxTxI):
+  if (not fused_on(affinity_kernel, 'tpu') or x_BxTxI.dtype == jnp.float64 or
+      _replicated_on_a_mesh(x_BxTxI)):
     return xla(x_BxTxI, similarity_BxTx3, kernel_KxIxO)
   fused = functools.partial(affinity_pallas.fused_affinity_conv, affinity=affinity_form,
                             precision=precision, negative_slope=negative_slope)
-  elsewhere = functools.partial(fused, interpret=True) if affinity_kernel == 'pallas' else xla
+  # CPUs and GPUs alike (fused_on says the same for both): the kernel interpreted, or the XLA form.
+  elsewhere = functools.partial(fused, interpret=True) if fused_on(affinity_kernel, 'cpu') else xla
   return jax.lax.platform_dependent(x_BxTxI, similarity_BxTx3, kernel_KxIxO, default=elsewhere,
                                     tpu=fused)
