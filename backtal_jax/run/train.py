@@ -81,7 +81,7 @@ def jit_train_step(model, tx, config, mesh, state: TrainState, feed=None):
   The state is not donated: the new parameters are gathered from the devices' shares into their
   output buffer, and with the old parameters' buffer as that output, the TPU compiler copies the
   old parameters first (THUMOS14 on v5e, bfloat16: 0.75 GB more counted per step,
-  benchmarks/RESULTS.md). Not donating costs one more state in memory (about 180 MB per device).
+  benchmarks/RESULTS.md). Not donating costs memory: 518 MiB planned per v5e chip, not 400.
   """
   train_state.check_layout(state, mesh)
   state_shardings = train_state.state_shardings(state, mesh)
